@@ -1,0 +1,50 @@
+"""photolabel: labelled images in, a reproducible image classifier out.
+
+>>> import photolabel
+>>> result = photolabel.train("examples/fashion-tiny", "models/fashion")   # doctest: +SKIP
+>>> model = photolabel.load_model("models/fashion")                         # doctest: +SKIP
+>>> model.predict(["photo.jpg"])[0].label                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from photolabel.backbones import get_backbone, list_backbones  # noqa: E402
+from photolabel.errors import (  # noqa: E402
+    DataError,
+    FetchError,
+    HashMismatchError,
+    ImageError,
+    ModelError,
+    PhotolabelError,
+    SourceNotFoundError,
+    UnknownNameError,
+)
+from photolabel.heads import list_heads  # noqa: E402
+from photolabel.model import Model, Prediction, load_model  # noqa: E402
+
+from photolabel.training import TrainConfig, TrainResult, train  # noqa: E402, I001
+from photolabel.evaluate import evaluate  # noqa: E402
+
+__all__ = [
+    "DataError",
+    "FetchError",
+    "HashMismatchError",
+    "ImageError",
+    "Model",
+    "ModelError",
+    "PhotolabelError",
+    "Prediction",
+    "SourceNotFoundError",
+    "TrainConfig",
+    "TrainResult",
+    "UnknownNameError",
+    "__version__",
+    "evaluate",
+    "get_backbone",
+    "list_backbones",
+    "list_heads",
+    "load_model",
+    "train",
+]

@@ -1,0 +1,349 @@
+"""The ``photolabel`` command line: a thin layer over the library.
+
+Errors are mapped once, here: a :class:`PhotolabelError` prints one line
+``error: ...`` on stderr and exits 1, never a traceback. Usage errors exit 2.
+Environment variables (seed 002's names) are read by click when a command starts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from photolabel.errors import PhotolabelError
+
+EXIT_ERROR = 1
+
+
+class GreedyOption(click.Option):
+    """An option that takes every following word up to the next option: ``--classes a b c``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._previous_process: Callable[..., Any] | None = None
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        option = None
+        for name in self.opts:
+            option = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if option is not None:
+                break
+        if option is None:
+            return
+        self._previous_process = option.process
+
+        def process(value: str, state: Any) -> None:
+            values = [value]
+            prefixes = tuple(parser._opt_prefixes)
+            while state.rargs and not state.rargs[0].startswith(prefixes):
+                values.append(state.rargs.pop(0))
+            assert self._previous_process is not None
+            self._previous_process(tuple(values), state)
+
+        option.process = process
+
+
+def _split_classes(values: Sequence[Any]) -> tuple[str, ...] | None:
+    names: list[str] = []
+    for value in values:
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            names.extend(part for part in str(item).replace(",", " ").split() if part)
+    return tuple(names) or None
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def run_safely(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except PhotolabelError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except OSError as exc:  # disk full, permission denied on --out, ...
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        fail(f"{name}{exc.strerror or exc}")
+
+
+def _progress(quiet: bool) -> bool:
+    from photolabel.progress import progress_enabled
+
+    return progress_enabled(quiet)
+
+
+def _fetch_options(http_timeout: float, pool_size: int) -> Any:
+    from photolabel.fetch import FetchOptions
+
+    return FetchOptions(timeout=http_timeout, pool_size=pool_size)
+
+
+def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--threads", type=click.IntRange(1, 256), default=None,
+                     help="CPU threads for decoding and the backbone (default: all cores)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                     envvar="PHOTOLABEL_CACHE_DIR", default=None, show_envvar=True,
+                     help="Embedding and backbone cache (default ~/.cache/photolabel)."),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, envvar="BATCH_SIZE",
+                     show_envvar=True, show_default=True, help="Images per backbone batch."),
+        click.option("--http-timeout", type=float, default=120.0, envvar="HTTP_TIMEOUT", show_envvar=True,
+                     show_default=True, help="Seconds before a URL download gives up."),
+        click.option("--download-pool-size", type=click.IntRange(1, 256), default=16,
+                     envvar="DOWNLOAD_POOL_SIZE", show_envvar=True, show_default=True,
+                     help="Concurrent URL downloads."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="photolabel")
+def main() -> None:
+    """Turn labelled images into a reproducible image classifier, on a CPU."""
+
+
+@main.command()
+@click.argument("data")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Model directory to write (replaced if it holds a model).")
+@click.option("-c", "--classes", cls=GreedyOption, multiple=True,
+              help="Labels in this order; rows with any other label are refused.")
+@click.option("--seed", type=int, default=1234, envvar="RANDOM_SEED", show_envvar=True, show_default=True)
+@click.option("--valid-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="Share of each label held out for validation when DATA has no valid/ folder "
+                   "[default: 1 - TRAIN_PERCENTAGE, i.e. 0.1].")
+@click.option("--backbone", default="efficientnet-lite0", show_default=True,
+              help="Feature extractor; see `photolabel backbones`.")
+@click.option("--head", default="logistic", show_default=True, help="Classifier; see `photolabel heads`.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed as warnings) and train on the rest.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@common_options
+def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fraction: float | None,
+          backbone: str, head: str, skip_bad: bool, as_json: bool, threads: int | None,
+          cache_dir: Path | None, batch_size: int, http_timeout: float, download_pool_size: int,
+          quiet: bool) -> None:
+    """Train a model on DATA: a folder (DATA/<label>/*, or train/ + valid/), a .tar.gz/.tgz/.zip
+    archive of one, or a CSV manifest of `image,label[,sha1]` rows (paths or URLs)."""
+    import os
+
+    from photolabel.training import train as train_model
+
+    if valid_fraction is None:
+        percentage = os.environ.get("TRAIN_PERCENTAGE")
+        try:
+            valid_fraction = 1.0 - float(percentage) if percentage else 0.1
+        except ValueError:
+            fail(f"TRAIN_PERCENTAGE={percentage!r} is not a number")
+    result = run_safely(lambda: train_model(
+        data, out, backbone=backbone, head=head, seed=seed, valid_fraction=round(valid_fraction, 6),
+        classes=_split_classes(classes), threads=threads, cache_dir=cache_dir, skip_bad=skip_bad,
+        batch_size=batch_size, fetch_options=_fetch_options(http_timeout, download_pool_size),
+        progress=_progress(quiet),
+    ))
+    for problem in result.skipped:
+        click.echo(f"warning: skipped {problem}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.summary(), sort_keys=True))
+        return
+    from photolabel.evaluation import format_metrics
+
+    counts = result.model.lineage["counts"]["per_label"]
+    click.echo(f"model     {result.model_id}")
+    click.echo(f"saved to  {result.path}")
+    click.echo(f"labels    {', '.join(f'{label} ({counts[label]})' for label in result.model.labels)}")
+    click.echo(f"backbone  {result.model.info['backbone']['name']}   head  {result.model.info['head']['name']}")
+    click.echo(f"images    {result.n_train} train, {result.n_valid} validation; embeddings computed "
+               f"{result.embeddings_computed}, from cache {result.embeddings_cached}")
+    if result.skipped:
+        click.echo(f"skipped   {len(result.skipped)} bad image(s), listed above")
+    validation = result.metrics.get("validation")
+    if validation:
+        click.echo("validation:")
+        click.echo(_indent(format_metrics(validation)))
+    else:
+        click.echo("validation: none (no validation images)")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True)
+@click.option("-k", "--top-k", type=click.IntRange(1, None), default=None,
+              help="Show the K most probable labels.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per line: {"image", "sha256", "label", "scores", "model_id"}.')
+@common_options
+def predict(model_dir: Path, images: Sequence[str], top_k: int | None, as_json: bool, threads: int | None,
+            cache_dir: Path | None, batch_size: int, http_timeout: float, download_pool_size: int,
+            quiet: bool) -> None:
+    """Label IMAGES (files, folders, globs, file:// or http(s):// URLs) with the model in MODEL_DIR."""
+    from photolabel.dataset import BadInput
+    from photolabel.embedding import ImageInput
+    from photolabel.model import load_model
+    from photolabel.sources import expand_image_args, read_image_source
+
+    model = run_safely(lambda: load_model(model_dir, threads=threads, cache_dir=cache_dir))
+    items = run_safely(lambda: expand_image_args(list(images)))
+    options = _fetch_options(http_timeout, download_pool_size)
+    inputs: list[Any] = []
+    for item in items:
+        if item.startswith(("http://", "https://")):
+            try:
+                inputs.append(ImageInput(source=item, data=read_image_source(item, options)))
+            except PhotolabelError as exc:
+                inputs.append(BadInput(item, str(exc), exc.code))
+        elif item.startswith("file://"):
+            inputs.append(item)
+        else:
+            inputs.append(ImageInput(source=item, path=Path(item)))
+    live = [x for x in inputs if not isinstance(x, BadInput)]
+    results_live = iter(run_safely(lambda: model.predict_batch(live, batch_size=batch_size,
+                                                               progress=_progress(quiet))))
+    failed = 0
+    for item in inputs:
+        result = item if isinstance(item, BadInput) else next(results_live)
+        if isinstance(result, BadInput):
+            failed += 1
+            reason = result.reason if result.reason.startswith(result.source) else f"{result.source}: {result.reason}"
+            if as_json:
+                click.echo(json.dumps({"image": result.source, "error": {"code": result.code, "message": reason}}))
+            click.echo(f"error: {reason}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps(result.to_dict(top_k), sort_keys=False))
+        elif top_k:
+            ranked = "  ".join(f"{label} {p:.4f}" for label, p in result.top(top_k))
+            click.echo(f"{result.image}\t{ranked}")
+        else:
+            click.echo(f"{result.image}\t{result.label}\t{result.probability:.4f}")
+    if failed:
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("data")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write confusion_matrix.png and report.html into this folder.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
+@common_options
+def evaluate(model_dir: Path, data: str, as_json: bool, report_dir: Path | None, skip_bad: bool,
+             threads: int | None, cache_dir: Path | None, batch_size: int, http_timeout: float,
+             download_pool_size: int, quiet: bool) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL_DIR on DATA."""
+    from photolabel.evaluate import evaluate as evaluate_model
+    from photolabel.evaluation import format_metrics, write_report
+
+    metrics = run_safely(lambda: evaluate_model(
+        model_dir, data, threads=threads, cache_dir=cache_dir, skip_bad=skip_bad, batch_size=batch_size,
+        fetch_options=_fetch_options(http_timeout, download_pool_size), progress=_progress(quiet),
+    ))
+    for problem in metrics["skipped"]:
+        click.echo(f"warning: skipped {problem['image']}: {problem['reason']}", err=True)
+    if report_dir is not None:
+        written = run_safely(lambda: write_report(metrics, report_dir, title=f"{model_dir} on {data}"))
+        if not as_json:
+            click.echo(f"report: {', '.join(str(p) for p in written)}")
+    if as_json:
+        click.echo(json.dumps(metrics, sort_keys=True))
+    else:
+        click.echo(format_metrics(metrics))
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print model.json, metrics and lineage summary as JSON.")
+def info(model_dir: Path, as_json: bool) -> None:
+    """Labels, backbone, head, metrics and lineage of MODEL_DIR."""
+    from photolabel.artifact import read_model_dir
+
+    files = run_safely(lambda: read_model_dir(model_dir))
+    model, lineage, metrics = files.model, files.lineage, files.metrics
+    if as_json:
+        summary = dict(model)
+        summary["metrics"] = metrics
+        summary["lineage"] = {k: v for k, v in lineage.items() if k != "images"}
+        summary["lineage"]["n_images"] = len(lineage.get("images", []))
+        click.echo(json.dumps(summary, sort_keys=True))
+        return
+    backbone = model["backbone"]
+    click.echo(f"model      {model['model_id']}")
+    click.echo(f"labels     {', '.join(model['labels'])}")
+    click.echo(f"backbone   {backbone['name']} (hash {backbone['hash'][:16]}…, "
+               f"{backbone['embedding_dim']}-d, input {'x'.join(map(str, backbone['preprocessing']['image_size']))})")
+    params = ", ".join(f"{k}={v}" for k, v in sorted(model["head"].get("params", {}).items()))
+    click.echo(f"head       {model['head']['name']}" + (f" ({params})" if params else ""))
+    config = model["config"]
+    click.echo(f"config     seed={config['seed']} valid_fraction={config['valid_fraction']}")
+    counts = lineage.get("counts", {})
+    click.echo(f"lineage    manifest {lineage['manifest_sha256']}")
+    click.echo(f"           {len(lineage.get('images', []))} images: {counts.get('train')} train, "
+               f"{counts.get('valid')} validation; per label "
+               + ", ".join(f"{k} {v}" for k, v in counts.get("per_label", {}).items()))
+    validation = metrics.get("validation")
+    if validation:
+        from photolabel.evaluation import format_metrics
+
+        click.echo("validation")
+        click.echo(_indent(format_metrics(validation)))
+    if files.run:
+        click.echo(f"trained    {files.run.get('created_at')} in {files.run.get('duration_s')} s "
+                   f"on {files.run.get('host')}")
+
+
+@main.command(name="export")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--head-only", is_flag=True, help="Export only the head (embedding -> probabilities).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
+              default=None)
+def export_command(model_dir: Path, out: Path, head_only: bool, cache_dir: Path | None) -> None:
+    """Write MODEL_DIR as one ONNX graph: uint8 RGB image (N x H x W x 3) -> probabilities."""
+    from photolabel.export import export_onnx
+    from photolabel.model import load_model
+
+    model = run_safely(lambda: load_model(model_dir, cache_dir=cache_dir))
+    path = run_safely(lambda: export_onnx(model, out, head_only=head_only))
+    size = model.info["backbone"]["preprocessing"]["image_size"]
+    click.echo(f"wrote {path}: input 'image' uint8 [N, {size[0]}, {size[1]}, 3] (RGB, bilinear resize), "
+               f"output 'probabilities' [N, {len(model.labels)}] for labels {', '.join(model.labels)}"
+               if not head_only else f"wrote {path}: input 'embedding', output 'probabilities'")
+
+
+@main.command()
+def backbones() -> None:
+    """List the registered backbones."""
+    from photolabel.backbones import describe_backbones
+
+    for name, summary in describe_backbones().items():
+        click.echo(f"{name:<20} {summary}")
+
+
+@main.command()
+def heads() -> None:
+    """List the registered heads."""
+    from photolabel.heads import describe_heads
+
+    for name, summary in describe_heads().items():
+        click.echo(f"{name:<10} {summary}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

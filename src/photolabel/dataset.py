@@ -1,0 +1,93 @@
+"""The data set every source produces: rows of (source, sha256, label, split).
+
+Whatever the user pointed at (a folder, an archive, a CSV of paths or URLs), the
+loaders in :mod:`photolabel.sources` turn it into a :class:`Dataset`. Training,
+evaluation and the adapters only ever see this type.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from photolabel.hashing import sha256_json
+
+#: splits a record can carry; "auto" means "derive from the hash and the seed"
+SPLITS = ("train", "valid", "auto")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image.
+
+    ``source`` is the name the user gave it (a path relative to the data root, the
+    CSV cell, a URL) and is what error messages show; ``path`` is a local file that
+    holds the bytes (possibly in a temporary folder that lives as long as the
+    :class:`Dataset`); ``sha256`` is the hash of those bytes.
+    """
+
+    source: str
+    path: Path
+    sha256: str
+    label: str
+    split: str = "auto"
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """An input that was refused, with the reason; kept when ``skip_bad`` is on."""
+
+    source: str
+    reason: str
+    code: str = "bad_input"
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+@dataclass
+class Dataset:
+    """Labelled images plus the label order and the inputs skipped on the way.
+
+    A context manager: temporary folders (extracted archives, downloads) are removed
+    on ``close()``.
+    """
+
+    records: list[ImageRecord]
+    labels: tuple[str, ...]
+    skipped: list[BadInput] = field(default_factory=list)
+    temp_dirs: list[Path] = field(default_factory=list, repr=False)
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for folder in self.temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.temp_dirs.clear()
+
+    def label_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.labels, 0)
+        for record in self.records:
+            counts[record.label] += 1
+        return counts
+
+
+def manifest_rows(records: Sequence[ImageRecord]) -> list[dict[str, str]]:
+    """The hashed view of records: content and label only, sorted by sha256.
+
+    Sources and local paths are left out on purpose, so the same images give the
+    same manifest whether they came from a folder, an archive or a CSV of URLs.
+    """
+    rows = [{"sha256": r.sha256, "label": r.label, "split": r.split} for r in records]
+    rows.sort(key=lambda row: (row["sha256"], row["label"], row["split"]))
+    return rows
+
+
+def manifest_sha256(records: Sequence[ImageRecord], labels: Sequence[str]) -> str:
+    return sha256_json({"labels": list(labels), "rows": manifest_rows(records)})

@@ -1,0 +1,155 @@
+"""Images -> embeddings: decode in threads, run the backbone in batches, use the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from photolabel.backbones.base import Backbone
+from photolabel.cache import EmbeddingCache
+from photolabel.dataset import BadInput
+from photolabel.errors import ImageError
+from photolabel.hashing import sha256_bytes
+from photolabel.images import DEFAULT_MAX_PIXELS, decode_image
+from photolabel.progress import progress_bar
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image to embed: bytes in memory or a local file, plus the name errors show."""
+
+    source: str
+    path: Path | None = None
+    data: bytes | None = None
+    sha256: str | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            raise ImageError(f"{self.source}: no bytes and no path")
+        try:
+            return Path(self.path).read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{self.source}: cannot read file ({exc.strerror or exc})") from None
+
+
+@dataclass
+class EmbeddingResult:
+    """Vectors for the inputs that worked, and a reason for each that did not.
+
+    ``vectors[k]`` belongs to ``inputs[indices[k]]``; ``sha256[i]`` is input i's hash
+    (None when it could not be read).
+    """
+
+    vectors: np.ndarray
+    indices: list[int]
+    sha256: list[str | None]
+    failures: list[tuple[int, BadInput]] = field(default_factory=list)
+    computed: int = 0
+    cached: int = 0
+
+
+@dataclass
+class _Prepared:
+    index: int
+    sha256: str | None
+    array: np.ndarray | None
+    error: BadInput | None
+
+
+def embed_images(
+    inputs: Sequence[ImageInput],
+    backbone: Backbone,
+    *,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> EmbeddingResult:
+    """Embed ``inputs`` with ``backbone``, one vector per decodable image.
+
+    Images already in ``cache`` (looked up by their sha256) are not decoded at all.
+    Undecodable images become ``failures``; they never stop the rest.
+    """
+    count = len(inputs)
+    vectors: list[np.ndarray | None] = [None] * count
+    hashes: list[str | None] = [item.sha256 for item in inputs]
+    failures: list[tuple[int, BadInput]] = []
+    todo: list[int] = []
+    cached = 0
+    for index, item in enumerate(inputs):
+        hit = cache.get(item.sha256) if (cache is not None and item.sha256) else None
+        if hit is not None:
+            vectors[index] = hit
+            cached += 1
+        else:
+            todo.append(index)
+
+    draft = getattr(backbone, "draft_size", None)
+
+    def prepare(index: int) -> _Prepared:
+        item = inputs[index]
+        try:
+            data = item.read()
+            digest = sha256_bytes(data)
+            if item.sha256 is not None and digest != item.sha256:
+                raise ImageError(
+                    f"{item.source}: file changed while in use (sha256 {item.sha256} listed, {digest} read)"
+                )
+            rgb = decode_image(data, source=item.source, max_pixels=max_pixels, draft_size=draft)
+            return _Prepared(index, digest, backbone.prepare(rgb), None)
+        except ImageError as exc:
+            return _Prepared(index, item.sha256, None, BadInput(item.source, str(exc), exc.code))
+
+    computed = 0
+    with progress_bar("embedding", len(todo), enabled=progress) as bar, ThreadPoolExecutor(
+        max_workers=max(1, workers), thread_name_prefix="photolabel-decode"
+    ) as pool:
+        for chunk in _prefetched_chunks(pool, prepare, todo, batch_size):
+            good = [p for p in chunk if p.error is None]
+            for prepared in chunk:
+                hashes[prepared.index] = prepared.sha256
+                if prepared.error is not None:
+                    failures.append((prepared.index, prepared.error))
+            if good:
+                batch = np.stack([p.array for p in good])  # type: ignore[misc]
+                out = backbone.embed_batch(batch)
+                for prepared, vector in zip(good, out):
+                    vectors[prepared.index] = vector
+                    if cache is not None and prepared.sha256:
+                        cache.put(prepared.sha256, vector)
+                computed += len(good)
+            bar.advance(len(chunk))
+
+    indices = [i for i in range(count) if vectors[i] is not None]
+    stacked = (
+        np.stack([vectors[i] for i in indices]).astype(np.float32, copy=False)  # type: ignore[misc]
+        if indices
+        else np.zeros((0, backbone.embedding_dim), dtype=np.float32)
+    )
+    failures.sort(key=lambda pair: pair[0])
+    return EmbeddingResult(stacked, indices, hashes, failures, computed, cached)
+
+
+def _prefetched_chunks(
+    pool: ThreadPoolExecutor, prepare, todo: list[int], batch_size: int  # noqa: ANN001
+) -> Iterator[list[_Prepared]]:
+    """Yield prepared chunks in order while the next chunk decodes in the pool."""
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    pending: list[Future[_Prepared]] | None = None
+    for position, chunk in enumerate(chunks):
+        if pending is None:
+            pending = [pool.submit(prepare, i) for i in chunk]
+        following = (
+            [pool.submit(prepare, i) for i in chunks[position + 1]] if position + 1 < len(chunks) else None
+        )
+        yield [future.result() for future in pending]
+        pending = following

@@ -1,0 +1,75 @@
+"""The exceptions photolabel raises.
+
+One root, :class:`PhotolabelError`, and a few subclasses that also inherit the
+matching builtin so that callers may catch either. Every message names what was
+received (the file, the URL, the CSV line) and, where it helps, what to do.
+"""
+
+from __future__ import annotations
+
+
+class PhotolabelError(Exception):
+    """Root of every error photolabel raises on purpose."""
+
+    #: short machine-readable code, used by adapters (CLI, HTTP, worker)
+    code = "error"
+
+
+class DataError(PhotolabelError, ValueError):
+    """The data set is unusable: empty, one label, unknown label, bad CSV row."""
+
+    code = "bad_data"
+
+
+class HashMismatchError(DataError):
+    """A file's bytes do not match the hash it was announced with."""
+
+    code = "hash_mismatch"
+
+
+class ImageError(PhotolabelError, ValueError):
+    """Bytes that cannot be decoded as an image (or are truncated)."""
+
+    code = "bad_image"
+
+
+class ImageTooLargeError(ImageError):
+    """An image whose pixel count exceeds the configured cap."""
+
+    code = "image_too_large"
+
+
+class SourceNotFoundError(PhotolabelError, FileNotFoundError):
+    """A path that does not exist."""
+
+    code = "not_found"
+
+
+class FetchError(PhotolabelError, OSError):
+    """A URL that could not be fetched (unreachable, timeout, HTTP error, too big)."""
+
+    code = "fetch_failed"
+
+
+class UnsafeArchiveError(DataError):
+    """An archive member that is a link or escapes the extraction folder."""
+
+    code = "unsafe_archive"
+
+
+class ModelError(PhotolabelError, ValueError):
+    """A model directory that is missing, incomplete or fails its hash check."""
+
+    code = "bad_model"
+
+
+class UnknownNameError(PhotolabelError, ValueError):
+    """An unknown backbone or head name; the message lists the known ones."""
+
+    code = "unknown_name"
+
+
+class ExportError(PhotolabelError, ValueError):
+    """A model that cannot be exported in the requested form."""
+
+    code = "export_unsupported"

@@ -1,0 +1,283 @@
+"""Training: data set -> embeddings -> head -> model directory, reproducibly.
+
+The steps after embedding are exact: rows are ordered by image sha256, the
+validation split is derived from each image's hash and the seed, and heads are
+fitted in float64 on one BLAS thread. The backbone gives bit-identical vectors
+whatever the thread count or batch size (ONNX Runtime on CPU; checked by tests),
+so the same images, config and seed give byte-identical model files.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from photolabel import __version__
+from photolabel.artifact import write_model_dir
+from photolabel.backbones import check_backbone_name, get_backbone
+from photolabel.cache import EmbeddingCache, resolve_cache_dir
+from photolabel.dataset import BadInput, Dataset, ImageRecord, manifest_rows, manifest_sha256
+from photolabel.embedding import DEFAULT_BATCH_SIZE, ImageInput, embed_images
+from photolabel.errors import DataError, ImageError
+from photolabel.evaluation import classification_metrics
+from photolabel.fetch import FetchOptions
+from photolabel.hashing import sha256_bytes, sha256_json
+from photolabel.heads import get_head_class, make_head
+from photolabel.images import DEFAULT_MAX_PIXELS
+from photolabel.model import Model
+
+DEFAULT_SEED = 1234
+DEFAULT_VALID_FRACTION = 0.1
+DEFAULT_BACKBONE = "efficientnet-lite0"
+DEFAULT_HEAD = "logistic"
+SPLIT_RULE = (
+    "records from a valid/ folder are validation; otherwise, per label, images are ordered by "
+    "sha256(f'{seed}:{image_sha256}') and the first round(n * valid_fraction) (at most n - 1) are validation"
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What determines a model besides its images. Written into model.json; hashed into model_id."""
+
+    backbone: str = DEFAULT_BACKBONE
+    head: str = DEFAULT_HEAD
+    seed: int = DEFAULT_SEED
+    valid_fraction: float = DEFAULT_VALID_FRACTION
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise DataError(f"valid fraction must be in [0, 1), got {self.valid_fraction}")
+        check_backbone_name(self.backbone)
+        get_head_class(self.head)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: Model
+    model_id: str
+    path: Path
+    metrics: dict[str, Any]
+    skipped: list[BadInput] = field(default_factory=list)
+    embeddings_computed: int = 0
+    embeddings_cached: int = 0
+    n_train: int = 0
+    n_valid: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "model_dir": str(self.path),
+            "labels": list(self.model.labels),
+            "backbone": self.model.info["backbone"]["name"],
+            "head": self.model.info["head"]["name"],
+            "n_train": self.n_train,
+            "n_valid": self.n_valid,
+            "validation": self.metrics.get("validation"),
+            "embeddings": {"computed": self.embeddings_computed, "cached": self.embeddings_cached},
+            "skipped": [{"image": b.source, "reason": b.reason} for b in self.skipped],
+        }
+
+
+def compute_model_id(manifest_hash: str, config: TrainConfig, backbone_hash: str, head_params: dict[str, Any]) -> str:
+    return sha256_json(
+        {
+            "manifest_sha256": manifest_hash,
+            "config": config.to_dict(),
+            "head_params": head_params,
+            "backbone_hash": backbone_hash,
+        }
+    )
+
+
+def assign_splits(records: Sequence[ImageRecord], labels: Sequence[str], seed: int,
+                  valid_fraction: float) -> list[ImageRecord]:
+    """Records with split "train" or "valid"; see :data:`SPLIT_RULE`. Sorted by sha256."""
+    explicit = any(r.split == "valid" for r in records)
+    result: list[ImageRecord] = []
+    by_label: dict[str, list[ImageRecord]] = {label: [] for label in labels}
+    for record in records:
+        if record.split in ("train", "valid") and explicit:
+            result.append(record)
+        else:
+            by_label[record.label].append(record)
+    for label in labels:
+        group = by_label[label]
+        if not group:
+            continue
+        if explicit:
+            result.extend(_with_split(r, "train") for r in group)
+            continue
+        group.sort(key=lambda r: sha256_bytes(f"{seed}:{r.sha256}".encode()))
+        n_valid = min(int(np.floor(len(group) * valid_fraction + 0.5)), len(group) - 1)
+        result.extend(_with_split(r, "valid") for r in group[:n_valid])
+        result.extend(_with_split(r, "train") for r in group[n_valid:])
+    result.sort(key=lambda r: (r.sha256, r.label))
+    return result
+
+
+def _with_split(record: ImageRecord, split: str) -> ImageRecord:
+    return ImageRecord(record.source, record.path, record.sha256, record.label, split)
+
+
+def train(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    head: str = DEFAULT_HEAD,
+    seed: int = DEFAULT_SEED,
+    valid_fraction: float = DEFAULT_VALID_FRACTION,
+    classes: Sequence[str] | None = None,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fetch_options: FetchOptions | None = None,
+    progress: bool = False,
+    write_run_json: bool = True,
+) -> TrainResult:
+    """Train a model on ``data`` and write it to ``out``.
+
+    ``data`` is a folder, an archive, a CSV manifest (see :func:`photolabel.sources.load_dataset`)
+    or an already loaded :class:`Dataset`. ``classes`` fixes the label order and
+    refuses other labels. With ``skip_bad``, unreadable images are listed in the
+    result's ``skipped`` instead of stopping the run.
+
+    Raises:
+        DataError, ImageError, FetchError, SourceNotFoundError: bad input, named in
+            the message; nothing is written to ``out`` then.
+    """
+    started = time.time()
+    config = TrainConfig(backbone=backbone, head=head, seed=seed, valid_fraction=valid_fraction)
+    cache_root = resolve_cache_dir(cache_dir)
+    if isinstance(data, Dataset):
+        dataset, owned = data, False
+    else:
+        from photolabel.sources import load_dataset
+
+        dataset = load_dataset(data, classes=classes, skip_bad=skip_bad,
+                               fetch_options=fetch_options or FetchOptions(), progress=progress)
+        owned = True
+    try:
+        extractor = get_backbone(config.backbone, threads=threads, cache_dir=cache_root)
+        cache = EmbeddingCache(cache_root, extractor.hash, extractor.embedding_dim)
+        records = list(dataset.records)
+        labels = tuple(dataset.labels)
+        skipped = list(dataset.skipped)
+        embedded = embed_images(
+            [ImageInput(r.source, path=r.path, sha256=r.sha256) for r in records],
+            extractor,
+            cache=cache,
+            batch_size=batch_size,
+            workers=threads or 2,
+            max_pixels=max_pixels,
+            progress=progress,
+        )
+        if embedded.failures:
+            problems = [problem for _, problem in embedded.failures]
+            if not skip_bad:
+                more = len(problems) - 1
+                tail = f" (and {more} more bad image{'s' if more > 1 else ''})" if more else ""
+                raise ImageError(f"{problems[0].reason}{tail}; use --skip-bad to train on the rest")
+            skipped.extend(problems)
+        good = [records[i] for i in embedded.indices]
+        vectors = {r.sha256: v for r, v in zip(good, embedded.vectors)}
+        _check_labels(good, labels)
+        split_records = assign_splits(good, labels, config.seed, config.valid_fraction)
+        manifest_hash = manifest_sha256(split_records, labels)
+        head_model = make_head(config.head, seed=config.seed)
+        head_params = head_model.get_params()
+        model_id = compute_model_id(manifest_hash, config, extractor.hash, head_params)
+
+        label_index = {label: k for k, label in enumerate(labels)}
+        train_rows = [r for r in split_records if r.split == "train"]
+        valid_rows = [r for r in split_records if r.split == "valid"]
+        X_train = np.stack([vectors[r.sha256] for r in train_rows]).astype(np.float64)
+        y_train = np.array([label_index[r.label] for r in train_rows], dtype=np.int64)
+        missing = [label for label in labels if label not in {r.label for r in train_rows}]
+        if missing:
+            raise DataError(f"label {missing[0]!r} has no training images left after the validation split")
+        head_model.fit(X_train, y_train, len(labels))
+
+        metrics: dict[str, Any] = {
+            "training": classification_metrics(y_train, head_model.predict_proba(X_train), labels),
+            "validation": None,
+        }
+        if valid_rows:
+            X_valid = np.stack([vectors[r.sha256] for r in valid_rows]).astype(np.float64)
+            y_valid = np.array([label_index[r.label] for r in valid_rows], dtype=np.int64)
+            metrics["validation"] = classification_metrics(y_valid, head_model.predict_proba(X_valid), labels)
+
+        model_doc = {
+            "model_id": model_id,
+            "labels": list(labels),
+            "backbone": extractor.describe(),
+            "head": {"name": config.head, "params": head_params, "seed": config.seed},
+            "config": config.to_dict(),
+            "manifest_sha256": manifest_hash,
+            "photolabel_version": __version__,
+        }
+        lineage = {
+            "manifest_sha256": manifest_hash,
+            "labels": list(labels),
+            "split_rule": SPLIT_RULE,
+            "row_order": "sorted by image sha256",
+            "counts": {
+                "train": len(train_rows),
+                "valid": len(valid_rows),
+                "per_label": {label: sum(1 for r in split_records if r.label == label) for label in labels},
+            },
+            "images": manifest_rows(split_records),
+        }
+        run = None
+        if write_run_json:
+            run = {
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "duration_s": round(time.time() - started, 3),
+                "host": platform.node(),
+                "python": platform.python_version(),
+                "data": str(Path(data).resolve()) if not isinstance(data, Dataset) else None,
+                "threads": threads,
+                "embeddings": {"computed": embedded.computed, "cached": embedded.cached},
+                "skipped": [{"image": b.source, "reason": b.reason} for b in skipped],
+                "sources": {r.sha256: r.source for r in good},
+            }
+        path = write_model_dir(out, model=model_doc, metrics=metrics, lineage=lineage,
+                               write_head=head_model.save, run=run)
+        model = Model.load(path, threads=threads, cache_dir=cache_root, max_pixels=max_pixels)
+        model._backbone = extractor
+        return TrainResult(
+            model=model,
+            model_id=model_id,
+            path=path,
+            metrics=metrics,
+            skipped=skipped,
+            embeddings_computed=embedded.computed,
+            embeddings_cached=embedded.cached,
+            n_train=len(train_rows),
+            n_valid=len(valid_rows),
+        )
+    finally:
+        if owned:
+            dataset.close()
+
+
+def _check_labels(records: Sequence[ImageRecord], labels: Sequence[str]) -> None:
+    present = {r.label for r in records}
+    for label in labels:
+        if label not in present:
+            raise DataError(f"label {label!r} has no usable images")
+    if len(present) < 2:
+        only = next(iter(present)) if present else "none"
+        raise DataError(f"training needs at least two labels, found only {only!r}")
