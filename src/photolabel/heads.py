@@ -144,8 +144,9 @@ class LogisticHead(Head):
             coef = np.vstack([np.zeros_like(coef), coef])
             intercept = np.concatenate([[0.0], intercept])
         # Fold the standardisation into the weights: one affine map, then softmax.
-        self.coef_ = coef / scale
-        self.intercept_ = intercept - (coef / scale) @ mean
+        # Contiguous, like the arrays np.load gives back: BLAS may round differently otherwise.
+        self.coef_ = np.ascontiguousarray(coef / scale)
+        self.intercept_ = np.ascontiguousarray(intercept - self.coef_ @ mean)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

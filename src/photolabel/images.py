@@ -95,14 +95,9 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         array = np.asarray(image, dtype=np.float64)
         grey = np.clip(np.rint(array * 255.0 if array.max(initial=0) <= 1.0 else array), 0, 255)
         return np.ascontiguousarray(np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2))
-    if mode == "P" or mode == "PA":
-        image = image.convert("RGBA")
-    elif mode == "LA" or mode == "La":
-        image = image.convert("RGBA")
-    elif mode == "RGBa":
-        image = image.convert("RGBA")
-    elif mode in ("1", "L", "RGB") and image.info.get("transparency") is not None:
-        # A transparent colour key (PNG tRNS) is alpha too: composite it on white.
+    # Palette, alpha and colour-key (PNG tRNS) transparency all become RGBA, then white.
+    has_colour_key = mode in ("1", "L", "RGB") and image.info.get("transparency") is not None
+    if mode in ("P", "PA", "LA", "La", "RGBa") or has_colour_key:
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
