@@ -1,0 +1,284 @@
+"""Fetch http(s) URLs with caps: size, redirects, time, and optionally no private addresses.
+
+Only the standard library is used. Every failure is a :class:`~photolabel.errors.FetchError`
+whose one-line message names the URL and the cause. ``file://`` URLs are not handled here:
+:mod:`photolabel.sources` reads them as local paths.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from photolabel.errors import FetchError
+from photolabel.progress import progress_bar
+
+_CHUNK = 1 << 16
+_SCHEMES = ("http", "https")
+_USER_AGENT = "photolabel"
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """Limits for fetching URLs. Adapters fill these from HTTP_TIMEOUT and DOWNLOAD_POOL_SIZE.
+
+    ``timeout`` bounds each socket operation and the whole download of one response.
+    ``allow_private=False`` (the HTTP service) refuses hosts that resolve to private,
+    loopback, link-local, multicast or reserved addresses, on every redirect hop; the
+    check is made on the address actually connected to, and environment proxies are
+    not used in that mode because a proxy would hide the destination.
+    """
+
+    timeout: float = 120.0
+    max_bytes: int = 50 * 1024**2
+    max_redirects: int = 5
+    pool_size: int = 16
+    allow_private: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ValueError(f"FetchOptions.timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.max_bytes < 0:
+            raise ValueError(f"FetchOptions.max_bytes must be >= 0, got {self.max_bytes!r}")
+        if self.max_redirects < 0:
+            raise ValueError(f"FetchOptions.max_redirects must be >= 0, got {self.max_redirects!r}")
+        if self.pool_size < 1:
+            raise ValueError(f"FetchOptions.pool_size must be >= 1, got {self.pool_size!r}")
+
+
+#: the defaults, shared (the dataclass is frozen) so that signatures need not call FetchOptions()
+DEFAULT_FETCH_OPTIONS = FetchOptions()
+
+
+class _Refused(OSError):
+    """A fetch stopped on purpose; the message is the cause, without the URL."""
+
+
+def fetch_url(url: str, options: FetchOptions = DEFAULT_FETCH_OPTIONS) -> bytes:
+    """The body of an http(s) URL.
+
+    Raises :class:`FetchError` for an unsupported scheme, an HTTP error status, a
+    timeout, a refused or failed connection, a body over ``options.max_bytes``, more
+    than ``options.max_redirects`` redirects, or (with ``allow_private=False``) a host
+    that resolves to a non-public address.
+    """
+    try:
+        return _fetch(url, options)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        reason = " ".join(str(exc.reason).split())
+        cause, error = f"HTTP {exc.code} {reason}".rstrip(), exc
+    except urllib.error.URLError as exc:
+        cause, error = _describe(exc.reason, options), exc
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        cause, error = _describe(exc, options), exc
+    raise FetchError(f"cannot fetch {url}: {cause}") from error
+
+
+def fetch_each(
+    urls: Sequence[str], options: FetchOptions = DEFAULT_FETCH_OPTIONS, *, progress: bool = False
+) -> Iterator[tuple[int, bytes | FetchError]]:
+    """Fetch ``urls`` concurrently and yield ``(index, body or FetchError)`` as each finishes.
+
+    Results are yielded in completion order, so a caller that writes each body to disk
+    keeps at most a pool's worth of bodies in memory. Failures are yielded, not raised.
+    """
+    if not urls:
+        return
+    workers = min(options.pool_size, len(urls))
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="photolabel-fetch")
+    try:
+        with progress_bar("download", len(urls), enabled=progress) as bar:
+            pending: dict[Future[bytes | FetchError], int] = {
+                executor.submit(_fetch_or_error, url, options): index for index, url in enumerate(urls)
+            }
+            for future in as_completed(list(pending)):
+                index = pending.pop(future)
+                bar.advance()
+                yield index, future.result()
+    finally:
+        # On early exit, drop the downloads not started yet; running ones end on their own.
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def fetch_many(
+    urls: Sequence[str], options: FetchOptions = DEFAULT_FETCH_OPTIONS, *, progress: bool = False
+) -> list[bytes | FetchError]:
+    """Fetch ``urls`` concurrently (``options.pool_size`` at a time).
+
+    Returns one item per URL, in the input order: the body, or the :class:`FetchError`
+    that explains why it could not be fetched (failures are returned, not raised).
+    """
+    by_index = dict(fetch_each(urls, options, progress=progress))
+    return [by_index[index] for index in range(len(urls))]
+
+
+def _fetch_or_error(url: str, options: FetchOptions) -> bytes | FetchError:
+    try:
+        return fetch_url(url, options)
+    except FetchError as exc:
+        return exc
+
+
+def _fetch(url: str, options: FetchOptions) -> bytes:
+    _check_scheme(url)
+    opener = _build_opener(options)
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
+    deadline = time.monotonic() + options.timeout
+    with opener.open(request, timeout=options.timeout) as response:
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > options.max_bytes:
+            raise _Refused(f"response of {int(declared)} bytes is over the cap of {options.max_bytes} bytes")
+        chunks: list[bytes] = []
+        received = 0
+        # read1 returns what one receive brings, so the deadline is checked often.
+        while chunk := response.read1(_CHUNK):
+            received += len(chunk)
+            if received > options.max_bytes:
+                raise _Refused(f"response is over the cap of {options.max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise _Refused(f"timed out after {options.timeout:g} s")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_scheme(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in _SCHEMES:
+        shown = parts.scheme or "none"
+        raise _Refused(f"unsupported URL scheme '{shown}' (only http and https)")
+    if not parts.hostname:
+        raise _Refused("the URL has no host")
+
+
+def _build_opener(options: FetchOptions) -> urllib.request.OpenerDirector:
+    handlers: list[Any] = [_RedirectGuard(options.max_redirects)]
+    if not options.allow_private:
+        # Connect only to checked public addresses; no proxy, which would hide the destination.
+        handlers += [urllib.request.ProxyHandler({}), _PublicHTTPHandler(), _PublicHTTPSHandler()]
+    return urllib.request.build_opener(*handlers)
+
+
+class _RedirectGuard(urllib.request.HTTPRedirectHandler):
+    """Counts redirects per fetch and refuses a hop to anything but http(s)."""
+
+    # urllib's own loop detection would fire first with a less useful message.
+    max_repeats = max_redirections = 1_000_000
+
+    def __init__(self, max_redirects: int) -> None:
+        super().__init__()
+        self._max_redirects = max_redirects
+        self._count = 0
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        self._count += 1
+        try:
+            if self._count > self._max_redirects:
+                raise _Refused(f"too many redirects (more than {self._max_redirects})")
+            _check_scheme(newurl)
+        except _Refused:
+            fp.close()
+            raise
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def _connect_public(
+    address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT, source_address: Any = None
+) -> socket.socket:
+    """Like ``socket.create_connection``, but every address the host resolves to must be public.
+
+    Checking at connect time (rather than before the request) covers each redirect hop and
+    leaves no gap between the check and the connection for DNS to change its answer.
+    """
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if not _is_public(ip):
+            raise _Refused(f"private address refused: host {host} resolves to {ip}, which is not public")
+    last_error: OSError = OSError(f"no address found for {host}")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+    raise last_error
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect_public
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect_public
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_PublicHTTPConnection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_PublicHTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+def _describe(reason: object, options: FetchOptions) -> str:
+    """One line for the cause of a failed fetch."""
+    if isinstance(reason, _Refused):
+        text = str(reason)
+    elif isinstance(reason, TimeoutError):
+        text = f"timed out after {options.timeout:g} s"
+    elif isinstance(reason, ConnectionRefusedError):
+        text = "connection refused"
+    elif isinstance(reason, ConnectionResetError):
+        text = "connection reset by the server"
+    elif isinstance(reason, socket.gaierror):
+        text = f"host not found ({reason.strerror})"
+    elif isinstance(reason, ssl.SSLCertVerificationError):
+        text = f"TLS certificate verification failed ({reason.verify_message})"
+    elif isinstance(reason, ssl.SSLError):
+        text = f"TLS error ({reason.reason or reason})"
+    elif isinstance(reason, http.client.IncompleteRead):
+        text = "the connection closed before the whole response arrived"
+    elif isinstance(reason, http.client.HTTPException):
+        text = f"bad HTTP response ({type(reason).__name__}: {reason})"
+    elif isinstance(reason, OSError) and reason.strerror:
+        text = reason.strerror
+    else:
+        text = str(reason) or type(reason).__name__
+    return " ".join(text.split())
