@@ -10,8 +10,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from photolabel.backbones import get_backbone, list_backbones  # noqa: E402
-from photolabel.errors import (  # noqa: E402
+from photolabel.backbones import get_backbone, list_backbones
+from photolabel.errors import (
     DataError,
     FetchError,
     HashMismatchError,
@@ -21,11 +21,10 @@ from photolabel.errors import (  # noqa: E402
     SourceNotFoundError,
     UnknownNameError,
 )
-from photolabel.heads import list_heads  # noqa: E402
-from photolabel.model import Model, Prediction, load_model  # noqa: E402
-
-from photolabel.training import TrainConfig, TrainResult, train  # noqa: E402, I001
-from photolabel.evaluate import evaluate  # noqa: E402
+from photolabel.evaluate import evaluate
+from photolabel.heads import list_heads
+from photolabel.model import Model, Prediction, load_model
+from photolabel.training import TrainConfig, TrainResult, train
 
 __all__ = [
     "DataError",

@@ -140,7 +140,7 @@ def embed_images(
 
 
 def _prefetched_chunks(
-    pool: ThreadPoolExecutor, prepare, todo: list[int], batch_size: int  # noqa: ANN001
+    pool: ThreadPoolExecutor, prepare, todo: list[int], batch_size: int
 ) -> Iterator[list[_Prepared]]:
     """Yield prepared chunks in order while the next chunk decodes in the pool."""
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]

@@ -40,7 +40,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
             "f1": _round(f1),
             "support": actual,
         }
-    total = int(len(y_true))
+    total = len(y_true)
     correct = int(np.trace(confusion))
     supported = [m for m in per_class.values() if m["support"]]
     macro_f1 = sum(float(m["f1"]) for m in supported) / len(supported) if supported else 0.0

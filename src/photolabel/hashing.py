@@ -15,7 +15,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha1_bytes(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()  # noqa: S324 - seed 002's manifests use sha1
+    return hashlib.sha1(data).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:

@@ -23,10 +23,6 @@ EXIT_ERROR = 1
 class GreedyOption(click.Option):
     """An option that takes every following word up to the next option: ``--classes a b c``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._previous_process: Callable[..., Any] | None = None
-
     def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
         super().add_to_parser(parser, ctx)
         option = None
@@ -36,15 +32,17 @@ class GreedyOption(click.Option):
                 break
         if option is None:
             return
-        self._previous_process = option.process
+        previous = option.process
 
         def process(value: str, state: Any) -> None:
             values = [value]
             prefixes = tuple(parser._opt_prefixes)
             while state.rargs and not state.rargs[0].startswith(prefixes):
                 values.append(state.rargs.pop(0))
-            assert self._previous_process is not None
-            self._previous_process(tuple(values), state)
+            # One call per word, as if the option had been repeated: a tuple passed as
+            # one value would reach the STRING type as its repr, "('a', 'b')".
+            for word in values:
+                previous(word, state)
 
         option.process = process
 
@@ -56,6 +54,11 @@ def _split_classes(values: Sequence[Any]) -> tuple[str, ...] | None:
         for item in items:
             names.extend(part for part in str(item).replace(",", " ").split() if part)
     return tuple(names) or None
+
+
+def describe_bad(source: str, reason: str) -> str:
+    """``source: reason``, without naming the source twice when the reason already starts with it."""
+    return reason if reason.startswith(source) else f"{source}: {reason}"
 
 
 def fail(message: str) -> NoReturn:
@@ -154,7 +157,7 @@ def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fractio
         progress=_progress(quiet),
     ))
     for problem in result.skipped:
-        click.echo(f"warning: skipped {problem}", err=True)
+        click.echo(f"warning: skipped {describe_bad(problem.source, problem.reason)}", err=True)
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
         return
@@ -196,14 +199,15 @@ def predict(model_dir: Path, images: Sequence[str], top_k: int | None, as_json: 
     from photolabel.dataset import BadInput
     from photolabel.embedding import ImageInput
     from photolabel.model import load_model
-    from photolabel.sources import expand_image_args, read_image_source
+    from photolabel.sources import read_image_source
 
     model = run_safely(lambda: load_model(model_dir, threads=threads, cache_dir=cache_dir))
-    items = run_safely(lambda: expand_image_args(list(images)))
     options = _fetch_options(http_timeout, download_pool_size)
     inputs: list[Any] = []
-    for item in items:
-        if item.startswith(("http://", "https://")):
+    for item in _expand_each(images):
+        if isinstance(item, BadInput):
+            inputs.append(item)
+        elif item.startswith(("http://", "https://")):
             try:
                 inputs.append(ImageInput(source=item, data=read_image_source(item, options)))
             except PhotolabelError as exc:
@@ -220,7 +224,7 @@ def predict(model_dir: Path, images: Sequence[str], top_k: int | None, as_json: 
         result = item if isinstance(item, BadInput) else next(results_live)
         if isinstance(result, BadInput):
             failed += 1
-            reason = result.reason if result.reason.startswith(result.source) else f"{result.source}: {result.reason}"
+            reason = describe_bad(result.source, result.reason)
             if as_json:
                 click.echo(json.dumps({"image": result.source, "error": {"code": result.code, "message": reason}}))
             click.echo(f"error: {reason}", err=True)
@@ -234,6 +238,20 @@ def predict(model_dir: Path, images: Sequence[str], top_k: int | None, as_json: 
             click.echo(f"{result.image}\t{result.label}\t{result.probability:.4f}")
     if failed:
         sys.exit(EXIT_ERROR)
+
+
+def _expand_each(images: Sequence[str]) -> list[Any]:
+    """Each IMAGE argument expanded; one that names nothing becomes a BadInput, so the rest still run."""
+    from photolabel.dataset import BadInput
+    from photolabel.sources import expand_image_args
+
+    items: list[Any] = []
+    for arg in images:
+        try:
+            items.extend(expand_image_args([arg]))
+        except PhotolabelError as exc:
+            items.append(BadInput(arg, str(exc), exc.code))
+    return items
 
 
 @main.command()
@@ -256,7 +274,7 @@ def evaluate(model_dir: Path, data: str, as_json: bool, report_dir: Path | None,
         fetch_options=_fetch_options(http_timeout, download_pool_size), progress=_progress(quiet),
     ))
     for problem in metrics["skipped"]:
-        click.echo(f"warning: skipped {problem['image']}: {problem['reason']}", err=True)
+        click.echo(f"warning: skipped {describe_bad(problem['image'], problem['reason'])}", err=True)
     if report_dir is not None:
         written = run_safely(lambda: write_report(metrics, report_dir, title=f"{model_dir} on {data}"))
         if not as_json:

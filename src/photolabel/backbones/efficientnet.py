@@ -124,7 +124,7 @@ class EfficientNetLite(Backbone):
         return np.asarray(out, dtype=np.float32)
 
     @property
-    def session(self):  # noqa: ANN201 - onnxruntime.InferenceSession
+    def session(self):
         if self._session is None:
             import onnxruntime as ort
 
@@ -146,9 +146,8 @@ class EfficientNetLite(Backbone):
         folder = resolve_cache_dir(self.cache_dir) / "backbones"
         target = folder / f"{self.name}-{self.hash[:16]}.onnx"
         stamp = target.with_suffix(".onnx.sha256")
-        if target.exists() and stamp.exists():
-            if sha256_file(target) == stamp.read_text().strip():
-                return target
+        if target.exists() and stamp.exists() and sha256_file(target) == stamp.read_text().strip():
+            return target
         folder.mkdir(parents=True, exist_ok=True)
         data = export_feature_onnx(self.variant)
         atomic_write_bytes(target, data)
@@ -167,7 +166,7 @@ class EfficientNetLite(Backbone):
         return probs / probs.sum(axis=1, keepdims=True)
 
 
-def _load_torch_model(variant: Variant):  # noqa: ANN202 - torch module
+def _load_torch_model(variant: Variant):
     try:
         import torch
         from efficientnet_lite_pytorch import EfficientNet
