@@ -10,6 +10,7 @@ echo "== photolabel train $DATA --out $OUT"
 $PL train "$DATA" --out "$OUT"
 echo
 echo "== photolabel evaluate $OUT $DATA/manifest.csv --report $OUT-report"
+echo "   (all 300 images, 270 of which the model trained on: the held-out figure is the validation above)"
 $PL evaluate "$OUT" "$DATA/manifest.csv" --report "$OUT-report"
 echo
 echo "== photolabel predict $OUT (one image of each label, top 3)"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from photolabel.errors import ModelError
+from photolabel.errors import ModelError, OutputError
 from photolabel.fsutil import DIR_MODE
 from photolabel.hashing import pretty_json, sha256_file
 
@@ -63,6 +63,16 @@ def write_model_dir(
     existing ``out`` is replaced only if it is a photolabel model (or empty).
     """
     out = Path(out)
+    try:
+        return _write_model_dir(out, model=model, metrics=metrics, lineage=lineage, write_head=write_head, run=run)
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{out}: cannot write the model ({exc.strerror or exc})") from None
+
+
+def _write_model_dir(out: Path, *, model: dict[str, Any], metrics: dict[str, Any], lineage: dict[str, Any],
+                     write_head: Any, run: dict[str, Any] | None) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if out.exists():

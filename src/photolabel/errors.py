@@ -73,3 +73,9 @@ class ExportError(PhotolabelError, ValueError):
     """A model that cannot be exported in the requested form."""
 
     code = "export_unsupported"
+
+
+class OutputError(PhotolabelError, OSError):
+    """The place the user asked us to write to cannot be written."""
+
+    code = "cannot_write"

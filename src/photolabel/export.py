@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from onnx import compose, helper
 
-from photolabel.errors import ExportError
+from photolabel.errors import ExportError, OutputError
 from photolabel.fsutil import atomic_write_bytes
 from photolabel.heads import HEAD_INPUT, HEAD_OUTPUT, ONNX_IR_VERSION
 from photolabel.model import Model
@@ -52,8 +52,10 @@ def export_onnx(model: Model, out: str | Path, *, head_only: bool = False) -> Pa
         entry.key, entry.value = key, value
     onnx.checker.check_model(combined)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, combined.SerializeToString())
+    try:
+        atomic_write_bytes(out, combined.SerializeToString())
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write the ONNX file ({exc.strerror or exc})") from None
     return out
 
 

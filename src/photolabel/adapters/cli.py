@@ -147,9 +147,13 @@ def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fractio
     if valid_fraction is None:
         percentage = os.environ.get("TRAIN_PERCENTAGE")
         try:
-            valid_fraction = 1.0 - float(percentage) if percentage else 0.1
+            share = float(percentage) if percentage else 0.9
         except ValueError:
             fail(f"TRAIN_PERCENTAGE={percentage!r} is not a number")
+        if not 0.0 < share <= 1.0:
+            # checked here so the message names the variable, not the derived validation share
+            fail(f"TRAIN_PERCENTAGE={percentage!r} must be in (0, 1]: the share of each label used for training")
+        valid_fraction = 1.0 - share
     result = run_safely(lambda: train_model(
         data, out, backbone=backbone, head=head, seed=seed, valid_fraction=round(valid_fraction, 6),
         classes=_split_classes(classes), threads=threads, cache_dir=cache_dir, skip_bad=skip_bad,

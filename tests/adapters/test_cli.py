@@ -1,0 +1,545 @@
+"""The ``photolabel`` command line through click's CliRunner: exit codes, stdout, stderr, files."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import re
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from photolabel.adapters.cli import main
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "fashion-tiny"
+LABELS = ["blouse", "halter", "sweater"]
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+ENV_SETTINGS = ("RANDOM_SEED", "TRAIN_PERCENTAGE", "BATCH_SIZE", "HTTP_TIMEOUT", "DOWNLOAD_POOL_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+    # The commands read these at start-up; a developer's shell must not change the answers.
+    for name in ENV_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PHOTOLABEL_CACHE_DIR", str(cache_dir))
+
+
+def invoke(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
+    except TypeError:  # click >= 8.2 always keeps stderr apart
+        runner = CliRunner()
+    return runner.invoke(main, [str(arg) for arg in args], env=env)
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    return result
+
+
+def train_json(*args: str | Path, env: dict[str, str] | None = None) -> dict:
+    return json.loads(ok(invoke("train", *args, "--json", "-q", env=env)).stdout)
+
+
+def model_json(model_dir: Path) -> dict:
+    return json.loads((model_dir / "model.json").read_text())
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def copy_data(source: Path, dest: Path, labels: list[str] = LABELS, per_label: int = 3) -> Path:
+    """``dest/<label>/`` with the first ``per_label`` images of each label in ``source``."""
+    for label in labels:
+        (dest / label).mkdir(parents=True)
+        for image in sorted((source / label).glob("*.jpg"))[:per_label]:
+            shutil.copyfile(image, dest / label / image.name)
+    return dest
+
+
+def manifest_lines(data: Path) -> list[str]:
+    """``image,label,sha1`` rows (absolute paths) for every image under ``data``."""
+    return [
+        f"{image},{image.parent.name},{hashlib.sha1(image.read_bytes()).hexdigest()}"
+        for image in sorted(data.glob("*/*.jpg"))
+    ]
+
+
+def fresh_jpeg() -> bytes:
+    """A decodable JPEG whose bytes (and so sha256) no other test embeds: trailing bytes are ignored."""
+    return (EXAMPLES / "blouse" / "1099.jpg").read_bytes() + b"photolabel test_cli"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cache_files(cache_dir: Path) -> set[Path]:
+    return {path for path in cache_dir.rglob("*") if path.is_file()}
+
+
+def assert_one_error(result: Result, *needles: str) -> str:
+    """Exit 1 from a handled error: one ``error:`` line on stderr naming ``needles``, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash CliRunner caught
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+def test_train_json_summary_and_model_files(tmp_path: Path, small_data: Path, trained_model: Path) -> None:
+    out = tmp_path / "model"
+    summary = train_json(small_data, "--out", out)
+    assert HEX64.match(summary["model_id"])
+    assert summary["model_id"] == model_json(trained_model)["model_id"]  # CLI and library agree
+    assert summary["labels"] == LABELS
+    assert 0.0 <= summary["validation"]["accuracy"] <= 1.0
+    assert (summary["n_train"], summary["n_valid"]) == (54, 6)
+    for name in ("model.json", "metrics.json", "lineage.json"):
+        assert (out / name).is_file()
+    assert (out / "head").is_dir() and any((out / "head").iterdir())
+    assert model_json(out)["model_id"] == summary["model_id"]
+
+
+def test_train_text_summary(tmp_path: Path, small_data: Path, trained_model: Path) -> None:
+    result = ok(invoke("train", small_data, "-o", tmp_path / "model", "-q"))
+    assert model_json(trained_model)["model_id"] in result.stdout
+    assert "blouse (20), halter (20), sweater (20)" in result.stdout
+    assert "54 train, 6 validation" in result.stdout
+
+
+def test_train_classes_after_one_flag_fix_the_label_order(tmp_path: Path, small_data: Path) -> None:
+    out = tmp_path / "model"
+    summary = train_json(small_data, "-o", out, "--classes", "sweater", "blouse", "halter")
+    assert summary["labels"] == ["sweater", "blouse", "halter"]
+    assert model_json(out)["labels"] == ["sweater", "blouse", "halter"]
+
+
+def test_train_classes_refuse_other_labels(tmp_path: Path, small_data: Path) -> None:
+    out = tmp_path / "model"
+    result = invoke("train", small_data, "-o", out, "-q", "--classes", "a", "b")
+    line = assert_one_error(result, "blouse/", "'blouse'", "'a', 'b'")
+    assert "('a'" not in line  # the classes arrive as names, not as a tuple's repr
+    assert not out.exists()
+
+
+def _tar_gz_with_wrapping_folder(data: Path, dest: Path) -> Path:
+    archive = dest / "small.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for image in sorted(data.glob("*/*.jpg")):
+            tar.add(image, f"small/{image.relative_to(data).as_posix()}")
+    return archive
+
+
+def _flat_zip(data: Path, dest: Path) -> Path:
+    archive = dest / "small.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for image in sorted(data.glob("*/*.jpg")):
+            zf.write(image, image.relative_to(data).as_posix())
+    return archive
+
+
+def _csv_with_sha1(data: Path, dest: Path) -> Path:
+    manifest = dest / "manifest.csv"
+    manifest.write_text("\n".join(manifest_lines(data)) + "\n")
+    return manifest
+
+
+@pytest.mark.parametrize("make_source", [_tar_gz_with_wrapping_folder, _flat_zip, _csv_with_sha1],
+                         ids=["tar.gz", "zip", "csv"])
+def test_train_from_archive_or_manifest_gives_the_folder_model_id(
+    tmp_path: Path, small_data: Path, trained_model: Path, make_source: Callable[[Path, Path], Path]
+) -> None:
+    source = make_source(small_data, tmp_path)
+    summary = train_json(source, "-o", tmp_path / "model")
+    assert summary["model_id"] == model_json(trained_model)["model_id"]
+
+
+def test_random_seed_env_changes_model_id_and_seed_option_wins(
+    tmp_path: Path, small_data: Path, trained_model: Path
+) -> None:
+    default_id = model_json(trained_model)["model_id"]
+    from_env = train_json(small_data, "-o", tmp_path / "a", env={"RANDOM_SEED": "7"})
+    assert from_env["model_id"] != default_id
+    assert model_json(tmp_path / "a")["config"]["seed"] == 7
+    overridden = train_json(small_data, "-o", tmp_path / "b", "--seed", "1234", env={"RANDOM_SEED": "7"})
+    assert overridden["model_id"] == default_id
+
+
+def test_train_percentage_env_sets_the_validation_share(tmp_path: Path, small_data: Path) -> None:
+    summary = train_json(small_data, "-o", tmp_path / "model", env={"TRAIN_PERCENTAGE": "0.8"})
+    assert (summary["n_train"], summary["n_valid"]) == (48, 12)
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "0"])
+def test_bad_train_percentage_is_named(tmp_path: Path, small_data: Path, value: str) -> None:
+    out = tmp_path / "model"
+    result = invoke("train", small_data, "-o", out, "-q", env={"TRAIN_PERCENTAGE": value})
+    assert_one_error(result, f"TRAIN_PERCENTAGE='{value}'")
+    assert not out.exists()
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+
+def predictions(result: Result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_predict_text_one_tab_separated_line_per_image(trained_model: Path, small_data: Path) -> None:
+    images = [small_data / "blouse" / "1000.jpg", small_data / "halter" / "1000.jpg"]
+    result = ok(invoke("predict", trained_model, *images, "-q"))
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    as_json = predictions(ok(invoke("predict", trained_model, *images, "--json", "-q")))
+    for line, image, expected, record in zip(lines, images, ["blouse", "halter"], as_json):
+        name, label, probability = line.split("\t")
+        assert (name, label) == (str(image), expected)
+        assert probability == f"{record['scores'][label]:.4f}"
+
+
+def test_predict_json_lines(trained_model: Path, small_data: Path) -> None:
+    images = [small_data / label / "1001.jpg" for label in LABELS]
+    records = predictions(ok(invoke("predict", trained_model, *images, "--json", "-q")))
+    assert [r["image"] for r in records] == [str(image) for image in images]
+    model_id = model_json(trained_model)["model_id"]
+    for record, image in zip(records, images):
+        assert set(record) == {"image", "sha256", "label", "scores", "model_id"}
+        assert record["sha256"] == sha256_of(image)
+        assert record["model_id"] == model_id
+        assert list(record["scores"]) == LABELS
+        assert sum(record["scores"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert record["label"] == max(record["scores"], key=record["scores"].get)
+
+
+def test_predict_top_k(trained_model: Path, small_data: Path) -> None:
+    image = small_data / "sweater" / "1002.jpg"
+    (record,) = predictions(ok(invoke("predict", trained_model, image, "--json", "--top-k", "2", "-q")))
+    (full,) = predictions(ok(invoke("predict", trained_model, image, "--json", "-q")))
+    ranked = sorted(full["scores"], key=full["scores"].get, reverse=True)
+    assert list(record["scores"]) == ranked[:2]
+    text = ok(invoke("predict", trained_model, image, "-k", "2", "-q")).stdout.strip()
+    name, shown = text.split("\t")
+    assert name == str(image)
+    assert [word for word in shown.split() if word in LABELS] == ranked[:2]
+
+
+def test_predict_expands_folder_and_glob_to_sorted_files(
+    tmp_path: Path, trained_model: Path, small_data: Path
+) -> None:
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for name, source in [("b.jpg", "halter/1003.jpg"), ("a.jpg", "blouse/1003.jpg"),
+                         ("nested/c.jpg", "sweater/1003.jpg")]:
+        shutil.copyfile(small_data / source, folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    pattern = str(small_data / "sweater" / "100[210].jpg")
+    records = predictions(ok(invoke("predict", trained_model, folder, pattern, "--json", "-q")))
+    expected = [folder / "a.jpg", folder / "b.jpg", folder / "nested" / "c.jpg"]
+    expected += [small_data / "sweater" / f"100{i}.jpg" for i in range(3)]
+    assert [r["image"] for r in records] == [str(path) for path in expected]
+
+
+def test_predict_file_url(trained_model: Path, small_data: Path) -> None:
+    image = small_data / "halter" / "1004.jpg"
+    url = image.as_uri()
+    (record,) = predictions(ok(invoke("predict", trained_model, url, "--json", "-q")))
+    assert record["image"] == url
+    assert record["sha256"] == sha256_of(image)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # keep the test output quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_root(small_data: Path) -> Iterator[str]:
+    """``http://127.0.0.1:PORT``, serving ``small_data``."""
+    handler = functools.partial(_QuietHandler, directory=str(small_data))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_predict_http_url(trained_model: Path, small_data: Path, http_root: str) -> None:
+    image = small_data / "sweater" / "1005.jpg"
+    url = f"{http_root}/sweater/1005.jpg"
+    (remote,) = predictions(ok(invoke("predict", trained_model, url, "--json", "-q")))
+    (local,) = predictions(ok(invoke("predict", trained_model, image, "--json", "-q")))
+    assert remote["image"] == url
+    assert remote["sha256"] == sha256_of(image)
+    assert remote["scores"] == local["scores"]
+
+
+def test_predict_reports_a_missing_file_and_labels_the_rest(trained_model: Path, small_data: Path,
+                                                            tmp_path: Path) -> None:
+    good = [small_data / "blouse" / "1006.jpg", small_data / "halter" / "1006.jpg"]
+    missing = tmp_path / "missing.jpg"
+    result = invoke("predict", trained_model, good[0], missing, good[1], "-q")
+    assert_one_error(result, str(missing))
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(path) for path in good]
+
+
+def test_predict_reports_an_undecodable_file_and_labels_the_rest(trained_model: Path, small_data: Path,
+                                                                 tmp_path: Path) -> None:
+    good = small_data / "sweater" / "1006.jpg"
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not pixels")
+    result = invoke("predict", trained_model, bad, good, "--json", "-q")
+    assert_one_error(result, str(bad), "not an image")
+    failed, record = predictions(result)
+    assert failed["image"] == str(bad) and failed["error"]["code"] == "bad_image"
+    assert record["image"] == str(good)
+
+
+# --- evaluate, info, export --------------------------------------------------------------------
+
+
+def test_evaluate_json_and_report(tmp_path: Path, trained_model: Path, small_data: Path) -> None:
+    from PIL import Image
+
+    report = tmp_path / "report"
+    metrics = json.loads(ok(invoke("evaluate", trained_model, small_data, "--json", "--report", report,
+                                   "-q")).stdout)
+    assert {"accuracy", "per_class", "confusion_matrix", "labels"} <= set(metrics)
+    assert metrics["labels"] == LABELS
+    assert set(metrics["per_class"]) == set(LABELS)
+    matrix = np.asarray(metrics["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == 60
+    assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / 60, abs=1e-6)
+    with Image.open(report / "confusion_matrix.png") as png:
+        assert png.format == "PNG"
+        png.verify()
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert all(label in html for label in LABELS)
+
+
+def test_info_text_and_json(trained_model: Path) -> None:
+    model_id = model_json(trained_model)["model_id"]
+    text = ok(invoke("info", trained_model)).stdout
+    assert model_id in text
+    assert "blouse, halter, sweater" in text
+    assert "efficientnet-lite0" in text
+    summary = json.loads(ok(invoke("info", trained_model, "--json")).stdout)
+    assert summary["model_id"] == model_id
+    assert summary["labels"] == LABELS
+    assert summary["backbone"]["name"] == "efficientnet-lite0"
+
+
+def test_export_onnx_matches_predict(tmp_path: Path, trained_model: Path, small_data: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from photolabel.images import decode_image, resize_rgb
+
+    out = tmp_path / "model.onnx"
+    ok(invoke("export", trained_model, out))
+    assert out.is_file()
+    images = [small_data / label / "1007.jpg" for label in LABELS]
+    batch = np.stack([
+        resize_rgb(decode_image(image.read_bytes(), draft_size=(224, 224)), (224, 224)) for image in images
+    ])
+    assert batch.dtype == np.uint8 and batch.shape == (3, 224, 224, 3)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"image": batch})
+    records = predictions(ok(invoke("predict", trained_model, *images, "--json", "-q")))
+    expected = np.array([[record["scores"][label] for label in LABELS] for record in records])
+    assert np.max(np.abs(probabilities - expected)) <= 1e-4
+
+
+def test_export_of_a_classic_model_needs_head_only(tmp_path: Path, small_data: Path) -> None:
+    data = copy_data(small_data, tmp_path / "data")
+    model = tmp_path / "classic"
+    ok(invoke("train", data, "-o", model, "--backbone", "classic", "-q"))
+    full = tmp_path / "full.onnx"
+    assert_one_error(invoke("export", model, full), "classic", "--head-only")
+    assert not full.exists()
+    head = tmp_path / "head.onnx"
+    ok(invoke("export", model, head, "--head-only"))
+    assert head.is_file()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@dataclass
+class BadCase:
+    data: Path
+    needles: tuple[str, ...]
+    args: tuple[str, ...] = ()
+    bad_bytes: bytes | None = None  # the bad image's bytes: nothing may be cached for them
+
+
+def _missing_path(tmp: Path, small: Path) -> BadCase:
+    return BadCase(tmp / "no-such-data", ("no-such-data", "no such file"))
+
+
+def _text_file_as_jpeg(tmp: Path, small: Path) -> BadCase:
+    data = copy_data(small, tmp / "data")
+    (data / "blouse" / "0000.jpg").write_text("these are not pixels\n")
+    return BadCase(data, ("blouse/0000.jpg", "not an image"), bad_bytes=b"these are not pixels\n")
+
+
+def _truncated_jpeg(tmp: Path, small: Path) -> BadCase:
+    data = copy_data(small, tmp / "data")
+    whole = fresh_jpeg()
+    (data / "halter" / "0000.jpg").write_bytes(whole[: len(whole) // 2])
+    return BadCase(data, ("halter/0000.jpg", "truncated"), bad_bytes=whole[: len(whole) // 2])
+
+
+def _csv_wrong_sha1(tmp: Path, small: Path) -> BadCase:
+    image = tmp / "fresh.jpg"
+    image.write_bytes(fresh_jpeg())
+    real = hashlib.sha1(image.read_bytes()).hexdigest()
+    wrong = "0" * 40
+    lines = manifest_lines(copy_data(small, tmp / "data"))
+    lines.insert(2, f"{image},blouse,{wrong}")
+    manifest = tmp / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return BadCase(manifest, ("manifest.csv line 3", real, wrong), bad_bytes=image.read_bytes())
+
+
+def _empty_csv(tmp: Path, small: Path) -> BadCase:
+    manifest = tmp / "empty.csv"
+    manifest.write_text("")
+    return BadCase(manifest, ("empty.csv", "no rows"))
+
+
+def _empty_label_folder(tmp: Path, small: Path) -> BadCase:
+    data = copy_data(small, tmp / "data", labels=["blouse", "sweater"])
+    (data / "halter").mkdir()
+    return BadCase(data, ("halter", "no images"))
+
+
+def _single_label(tmp: Path, small: Path) -> BadCase:
+    data = copy_data(small, tmp / "data", labels=["blouse"])
+    return BadCase(data, ("blouse", "two labels"))
+
+
+def _label_not_in_classes(tmp: Path, small: Path) -> BadCase:
+    manifest = tmp / "manifest.csv"
+    lines = manifest_lines(copy_data(small, tmp / "data", per_label=1))  # blouse, halter, sweater
+    manifest.write_text("\n".join(lines) + "\n")
+    return BadCase(manifest, ("manifest.csv line 3", "'sweater'", "'blouse', 'halter'"),
+                   args=("--classes", "blouse", "halter"))
+
+
+def _tar_with_member(tmp: Path, small: Path, member: tarfile.TarInfo, content: bytes = b"") -> Path:
+    archive = tmp / "data.tar.gz"
+    data = copy_data(small, tmp / "data")
+    with tarfile.open(archive, "w:gz") as tar:
+        for image in sorted(data.glob("*/*.jpg")):
+            tar.add(image, image.relative_to(data).as_posix())
+        tar.addfile(member, fileobj=io.BytesIO(content) if content else None)
+    return archive
+
+
+def _tar_escaping_member(tmp: Path, small: Path) -> BadCase:
+    content = fresh_jpeg()
+    member = tarfile.TarInfo("../evil.jpg")
+    member.size = len(content)
+    return BadCase(_tar_with_member(tmp, small, member, content), ("data.tar.gz", "../evil.jpg"),
+                   bad_bytes=content)
+
+
+def _tar_symlink_member(tmp: Path, small: Path) -> BadCase:
+    member = tarfile.TarInfo("halter/link.jpg")
+    member.type = tarfile.SYMTYPE
+    member.linkname = "../blouse/1000.jpg"
+    return BadCase(_tar_with_member(tmp, small, member), ("data.tar.gz", "halter/link.jpg", "link"))
+
+
+def _unreachable_url_in_csv(tmp: Path, small: Path) -> BadCase:
+    url = f"http://127.0.0.1:{closed_port()}/blouse/9999.jpg"
+    lines = manifest_lines(copy_data(small, tmp / "data"))
+    lines.insert(1, f"{url},blouse")
+    manifest = tmp / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return BadCase(manifest, ("manifest.csv line 2", url))
+
+
+BAD_CASES: dict[str, Callable[[Path, Path], BadCase]] = {
+    "missing-path": _missing_path,
+    "text-file-as-jpeg": _text_file_as_jpeg,
+    "truncated-jpeg": _truncated_jpeg,
+    "csv-wrong-sha1": _csv_wrong_sha1,
+    "empty-csv": _empty_csv,
+    "empty-label-folder": _empty_label_folder,
+    "single-label": _single_label,
+    "label-not-in-classes": _label_not_in_classes,
+    "tar-dotdot-member": _tar_escaping_member,
+    "tar-symlink-member": _tar_symlink_member,
+    "csv-unreachable-url": _unreachable_url_in_csv,
+}
+
+
+@pytest.mark.parametrize("case_name", list(BAD_CASES))
+def test_train_refuses_bad_input_and_writes_nothing(
+    case_name: str, tmp_path: Path, small_data: Path, cache_dir: Path, trained_model: Path
+) -> None:
+    # trained_model has filled the cache with every good image used here: any new file is a leak.
+    case = BAD_CASES[case_name](tmp_path, small_data)
+    escaped = Path(tempfile.gettempdir()) / "evil.jpg"
+    escaped_before = escaped.exists()
+    before = cache_files(cache_dir)
+    out = tmp_path / "model"
+    result = invoke("train", case.data, "-o", out, "-q", *case.args)
+    assert_one_error(result, *case.needles)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".model*"))  # no staging folder left beside --out
+    assert cache_files(cache_dir) == before
+    if case.bad_bytes is not None:
+        assert not list(cache_dir.rglob(f"*{hashlib.sha256(case.bad_bytes).hexdigest()}*"))
+    assert escaped.exists() == escaped_before
+
+
+def test_skip_bad_trains_on_the_rest_with_a_warning(tmp_path: Path, small_data: Path) -> None:
+    data = copy_data(small_data, tmp_path / "data")
+    (data / "blouse" / "0000.jpg").write_text("these are not pixels\n")
+    out = tmp_path / "model"
+    result = ok(invoke("train", data, "-o", out, "--skip-bad", "--json", "-q"))
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "blouse/0000.jpg" in warnings[0]
+    assert "error:" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert [item["image"] for item in summary["skipped"]] == ["blouse/0000.jpg"]
+    assert summary["n_train"] + summary["n_valid"] == 9
+    assert model_json(out)["model_id"] == summary["model_id"]
+
+
+def test_train_refuses_an_out_folder_that_is_not_a_model(tmp_path: Path, small_data: Path) -> None:
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "todo.txt").write_text("keep me\n")
+    result = invoke("train", copy_data(small_data, tmp_path / "data"), "-o", out, "-q")
+    assert_one_error(result, str(out), "choose another --out")
+    assert [path.name for path in out.iterdir()] == ["todo.txt"]
+    assert (out / "todo.txt").read_text() == "keep me\n"
