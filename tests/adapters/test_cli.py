@@ -12,7 +12,6 @@ import shutil
 import socket
 import tarfile
 import tempfile
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from support import serve_http
 
 from photolabel.adapters.cli import main
 
@@ -280,15 +280,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def http_root(small_data: Path) -> Iterator[str]:
     """``http://127.0.0.1:PORT``, serving ``small_data``."""
     handler = functools.partial(_QuietHandler, directory=str(small_data))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_http(handler) as base:
+        yield base
 
 
 def test_predict_http_url(trained_model: Path, small_data: Path, http_root: str) -> None:

@@ -6,9 +6,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from support import closed_port, serve_http
 
 from photolabel import fetch
 from photolabel.errors import FetchError
@@ -85,23 +86,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_http(_Handler) as base:
+        yield base
 
 
-@pytest.fixture
-def closed_port() -> int:
-    """A port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(name="closed_port")
+def closed_port_fixture() -> int:
+    return closed_port()
 
 
 def test_fetch_url_returns_the_body(server: str) -> None:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
 import tarfile
 import tempfile
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 from PIL import Image
+from support import closed_port, serve_http
 
 from photolabel.errors import (
     DataError,
@@ -561,23 +560,13 @@ class _Files(BaseHTTPRequestHandler):
 def http_files() -> Iterator[tuple[str, dict[str, bytes]]]:
     """A server on 127.0.0.1 for the files put in the returned dict (path -> bytes)."""
     files: dict[str, bytes] = {}
-    handler = type("Handler", (_Files,), {"files": files})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", files
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_http(type("Handler", (_Files,), {"files": files})) as base:
+        yield base, files
 
 
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(name="closed_port")
+def closed_port_fixture() -> int:
+    return closed_port()
 
 
 def test_csv_of_urls(tmp_path: Path, temp_root: Path, http_files) -> None:

@@ -1,0 +1,36 @@
+"""Helpers shared by tests: a local HTTP server on 127.0.0.1 and a port with nothing on it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@contextmanager
+def serve_http(handler: Any) -> Iterator[str]:
+    """Run ``handler`` (a request handler class or factory) on 127.0.0.1; yield the base URL; stop it."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # keep test output quiet
+        pass
