@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,11 +73,13 @@ def embed_images(
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> EmbeddingResult:
     """Embed ``inputs`` with ``backbone``, one vector per decodable image.
 
     Images already in ``cache`` (looked up by their sha256) are not decoded at all.
     Undecodable images become ``failures``; they never stop the rest.
+    ``on_progress(done, total)`` is called after each batch (for job status pages).
     """
     count = len(inputs)
     vectors: list[np.ndarray | None] = [None] * count
@@ -128,6 +130,8 @@ def embed_images(
                         cache.put(prepared.sha256, vector)
                 computed += len(good)
             bar.advance(len(chunk))
+            if on_progress is not None:
+                on_progress(cached + computed + len(failures), count)
 
     indices = [i for i in range(count) if vectors[i] is not None]
     stacked = (

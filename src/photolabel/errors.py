@@ -33,6 +33,12 @@ class ImageError(PhotolabelError, ValueError):
     code = "bad_image"
 
 
+class NotAnImageError(ImageError):
+    """Bytes in no image format we read (as opposed to a damaged image)."""
+
+    code = "not_an_image"
+
+
 class ImageTooLargeError(ImageError):
     """An image whose pixel count exceeds the configured cap."""
 

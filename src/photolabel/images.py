@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from photolabel.errors import ImageError, ImageTooLargeError
+from photolabel.errors import ImageError, ImageTooLargeError, NotAnImageError
 
 #: default pixel cap (width * height), checked from the header before decoding
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -46,7 +46,7 @@ def decode_image(
         ImageError: the bytes are not an image of a supported format, or are truncated.
     """
     if not data:
-        raise ImageError(f"{source}: empty file, not an image")
+        raise NotAnImageError(f"{source}: empty file, not an image")
     try:
         with warnings.catch_warnings():
             # PIL's own bomb check is replaced by ours, which names the file.
@@ -59,7 +59,7 @@ def decode_image(
                 f"over the cap of {max_pixels:,}; resize it or raise the cap"
             )
         if image.format not in SUPPORTED_FORMATS:
-            raise ImageError(
+            raise NotAnImageError(
                 f"{source}: unsupported image format {image.format}; "
                 f"use one of {', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))}"
             )
@@ -70,7 +70,7 @@ def decode_image(
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{source}: not an image (format not recognised)") from None
+        raise NotAnImageError(f"{source}: not an image (format not recognised)") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{source}: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:

@@ -55,8 +55,13 @@ def load_dataset(
     fetch_options: FetchOptions = DEFAULT_FETCH_OPTIONS,
     progress: bool = False,
     require_labels: bool = True,
+    urls_only: str | None = None,
 ) -> Dataset:
     """Load the labelled images that ``spec`` names.
+
+    ``urls_only`` (a service's safety switch) names where an untrusted local CSV came
+    from (its URL, or a label such as "upload"): its rows may then only be http(s)
+    URLs (relative ones resolve against it when it is a URL), never local paths.
 
     ``classes`` fixes the label order; an image with any other label, or (when
     ``require_labels``) a class with no image, is a :class:`DataError`. Without it the
@@ -78,7 +83,13 @@ def load_dataset(
     loader = _Loader(wanted, skip_bad, fetch_options, progress)
     shown = os.fspath(spec)
     try:
-        _load_spec(loader, shown)
+        if urls_only is not None:
+            if Path(shown).suffix.lower() != ".csv" or not Path(shown).is_file():
+                raise DataError(f"{urls_only}: expected a CSV manifest")
+            base = urls_only if _url_scheme(urls_only) in ("http", "https") else ""
+            _load_csv(loader, Path(shown), shown=urls_only, base_url=base)
+        else:
+            _load_spec(loader, shown)
         return _assemble(loader, shown, require_labels)
     except BaseException:
         for folder in loader.temp_dirs:
@@ -427,6 +438,8 @@ def _row_target(row: _Row, csv_path: Path, shown: str, base_url: str | None) -> 
     if base_url is not None:
         if scheme:
             raise DataError(f"{where}: {row.image}: a CSV fetched from a URL may only list http(s) URLs")
+        if not base_url:
+            raise DataError(f"{where}: {row.image}: this manifest may only list http(s) URLs, not paths")
         return "url", urllib.parse.urljoin(base_url, row.image)
     if scheme == "file":
         return "path", str(_file_url_path(row.image))

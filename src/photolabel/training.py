@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,19 +146,28 @@ def train(
     fetch_options: FetchOptions | None = None,
     progress: bool = False,
     write_run_json: bool = True,
+    on_progress: Callable[[str, float], None] | None = None,
 ) -> TrainResult:
     """Train a model on ``data`` and write it to ``out``.
 
     ``data`` is a folder, an archive, a CSV manifest (see :func:`photolabel.sources.load_dataset`)
     or an already loaded :class:`Dataset`. ``classes`` fixes the label order and
     refuses other labels. With ``skip_bad``, unreadable images are listed in the
-    result's ``skipped`` instead of stopping the run.
+    result's ``skipped`` instead of stopping the run. ``on_progress(stage, fraction)``
+    reports the stages "loading", "embedding", "fitting", "writing" and "done", with the
+    overall fraction done in [0, 1].
 
     Raises:
         DataError, ImageError, FetchError, SourceNotFoundError: bad input, named in
             the message; nothing is written to ``out`` then.
     """
     started = time.time()
+
+    def report(stage: str, fraction: float) -> None:
+        if on_progress is not None:
+            on_progress(stage, round(min(max(fraction, 0.0), 1.0), 4))
+
+    report("loading", 0.0)
     config = TrainConfig(backbone=backbone, head=head, seed=seed, valid_fraction=valid_fraction)
     cache_root = resolve_cache_dir(cache_dir)
     if isinstance(data, Dataset):
@@ -183,6 +192,7 @@ def train(
             workers=threads or 2,
             max_pixels=max_pixels,
             progress=progress,
+            on_progress=lambda done, total: report("embedding", 0.05 + 0.85 * done / max(total, 1)),
         )
         if embedded.failures:
             problems = [problem for _, problem in embedded.failures]
@@ -208,6 +218,7 @@ def train(
         missing = [label for label in labels if label not in {r.label for r in train_rows}]
         if missing:
             raise DataError(f"label {missing[0]!r} has no training images left after the validation split")
+        report("fitting", 0.9)
         head_model.fit(X_train, y_train, len(labels))
 
         metrics: dict[str, Any] = {
@@ -253,10 +264,12 @@ def train(
                 "skipped": [{"image": b.source, "reason": b.reason} for b in skipped],
                 "sources": {r.sha256: r.source for r in good},
             }
+        report("writing", 0.97)
         path = write_model_dir(out, model=model_doc, metrics=metrics, lineage=lineage,
                                write_head=head_model.save, run=run)
         model = Model.load(path, threads=threads, cache_dir=cache_root, max_pixels=max_pixels)
         model._backbone = extractor
+        report("done", 1.0)
         return TrainResult(
             model=model,
             model_id=model_id,
