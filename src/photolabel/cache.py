@@ -46,6 +46,14 @@ class EmbeddingCache:
     def _path(self, image_sha256: str) -> Path:
         return self.folder / image_sha256[:2] / f"{image_sha256}.emb"
 
+    def contains(self, image_sha256: str) -> bool:
+        """True when a valid entry exists (it is read and checked, not just looked up)."""
+        path = self._path(image_sha256)
+        try:
+            return self._decode(path.read_bytes()) is not None
+        except FileNotFoundError:
+            return False
+
     def get(self, image_sha256: str) -> np.ndarray | None:
         path = self._path(image_sha256)
         try:

@@ -129,6 +129,52 @@ def _with_split(record: ImageRecord, split: str) -> ImageRecord:
     return ImageRecord(record.source, record.path, record.sha256, record.label, split)
 
 
+def base_records(model: Model) -> list[ImageRecord]:
+    """The training images of an existing model, rebuilt from its lineage (no bytes: cache only)."""
+    rows = model.lineage.get("images", [])
+    return [
+        ImageRecord(f"{model.path.name}:{row['sha256'][:12]}", None, row["sha256"], row["label"],  # type: ignore[arg-type]
+                    row.get("declared", "auto"))
+        for row in rows
+    ]
+
+
+def union_labels(base: Sequence[str], new: Sequence[str], classes: Sequence[str] | None) -> tuple[str, ...]:
+    """Labels of an incremental model: the base's order first, new labels appended (sorted)."""
+    if classes:
+        if tuple(classes[: len(base)]) != tuple(base):
+            raise DataError(
+                f"the base model's labels are {', '.join(base)} in that order; --classes must start with them"
+            )
+        unknown = sorted(set(new) - set(classes))
+        if unknown:
+            raise DataError(f"label '{unknown[0]}' is not one of the classes {', '.join(classes)}")
+        return tuple(classes)
+    return tuple(base) + tuple(sorted(set(new) - set(base)))
+
+
+def _union(base: Sequence[ImageRecord], new: Sequence[ImageRecord]) -> list[ImageRecord]:
+    by_sha: dict[str, ImageRecord] = {}
+    for record in [*base, *new]:
+        seen = by_sha.get(record.sha256)
+        if seen is None:
+            by_sha[record.sha256] = record
+        elif seen.label != record.label:
+            raise DataError(
+                f"{record.source} is labelled '{record.label}' but the same image is '{seen.label}' "
+                f"in {seen.source}"
+            )
+    return list(by_sha.values())
+
+
+def plan_model_id(records: Sequence[ImageRecord], labels: Sequence[str], config: TrainConfig,
+                  backbone_hash: str) -> tuple[str, str]:
+    """(model_id, manifest_sha256) of a model trained on exactly these records: no embedding needed."""
+    manifest_hash = manifest_sha256(records, labels)
+    head_params = make_head(config.head, seed=config.seed).get_params()
+    return compute_model_id(manifest_hash, config, backbone_hash, head_params), manifest_hash
+
+
 def train(
     data: str | Path | Dataset,
     out: str | Path,
@@ -138,6 +184,7 @@ def train(
     seed: int = DEFAULT_SEED,
     valid_fraction: float = DEFAULT_VALID_FRACTION,
     classes: Sequence[str] | None = None,
+    base_model: Model | str | Path | None = None,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
     skip_bad: bool = False,
@@ -157,6 +204,12 @@ def train(
     reports the stages "loading", "embedding", "fitting", "writing" and "done", with the
     overall fraction done in [0, 1].
 
+    ``base_model`` (incremental training) adds ``data`` to that model's images: its
+    labels keep their order and new labels are appended; its backbone, head, seed and
+    valid fraction are used (the corresponding arguments are ignored). Only the new
+    images are embedded; the base model's come from the embedding cache. The result
+    is byte for byte the model that training once on the union would give.
+
     Raises:
         DataError, ImageError, FetchError, SourceNotFoundError: bad input, named in
             the message; nothing is written to ``out`` then.
@@ -168,6 +221,12 @@ def train(
             on_progress(stage, round(min(max(fraction, 0.0), 1.0), 4))
 
     report("loading", 0.0)
+    base: Model | None = None
+    if base_model is not None:
+        base = base_model if isinstance(base_model, Model) else Model.load(base_model)
+        base_config = base.info["config"]
+        backbone, head = base_config["backbone"], base_config["head"]
+        seed, valid_fraction = base_config["seed"], base_config["valid_fraction"]
     config = TrainConfig(backbone=backbone, head=head, seed=seed, valid_fraction=valid_fraction)
     cache_root = resolve_cache_dir(cache_dir)
     if isinstance(data, Dataset):
@@ -175,14 +234,25 @@ def train(
     else:
         from photolabel.sources import load_dataset
 
-        dataset = load_dataset(data, classes=classes, skip_bad=skip_bad,
-                               fetch_options=fetch_options or FetchOptions(), progress=progress)
+        dataset = load_dataset(data, classes=None if base is not None else classes, skip_bad=skip_bad,
+                               fetch_options=fetch_options or FetchOptions(), progress=progress,
+                               require_labels=base is None)
         owned = True
     try:
         extractor = get_backbone(config.backbone, threads=threads, cache_dir=cache_root)
         cache = EmbeddingCache(cache_root, extractor.hash, extractor.embedding_dim)
         records = list(dataset.records)
         labels = tuple(dataset.labels)
+        if base is not None:
+            labels = union_labels(base.labels, [r.label for r in records], classes)
+            old = base_records(base)
+            missing = [r for r in old if not cache.contains(r.sha256)]
+            if missing:
+                raise DataError(
+                    f"{base.path}: the embeddings of {len(missing)} of its {len(old)} images are not in the "
+                    f"cache {cache_root} (first: {missing[0].sha256}); train on the union of the data instead"
+                )
+            records = _union(old, records)
         skipped = list(dataset.skipped)
         embedded = embed_images(
             [ImageInput(r.source, path=r.path, sha256=r.sha256) for r in records],
@@ -204,12 +274,11 @@ def train(
         good = [records[i] for i in embedded.indices]
         vectors = {r.sha256: v for r, v in zip(good, embedded.vectors)}
         _check_labels(good, labels)
+        model_id, manifest_hash = plan_model_id(good, labels, config, extractor.hash)
+        declared = {r.sha256: r.split for r in good}
         split_records = assign_splits(good, labels, config.seed, config.valid_fraction)
-        manifest_hash = manifest_sha256(split_records, labels)
         head_model = make_head(config.head, seed=config.seed)
         head_params = head_model.get_params()
-        model_id = compute_model_id(manifest_hash, config, extractor.hash, head_params)
-
         label_index = {label: k for k, label in enumerate(labels)}
         train_rows = [r for r in split_records if r.split == "train"]
         valid_rows = [r for r in split_records if r.split == "valid"]
@@ -249,7 +318,7 @@ def train(
                 "valid": len(valid_rows),
                 "per_label": {label: sum(1 for r in split_records if r.label == label) for label in labels},
             },
-            "images": manifest_rows(split_records),
+            "images": [dict(row, declared=declared[row["sha256"]]) for row in manifest_rows(split_records)],
         }
         run = None
         if write_run_json:
@@ -263,6 +332,7 @@ def train(
                 "embeddings": {"computed": embedded.computed, "cached": embedded.cached},
                 "skipped": [{"image": b.source, "reason": b.reason} for b in skipped],
                 "sources": {r.sha256: r.source for r in good},
+                "base_model": str(base.path) if base is not None else None,
             }
         report("writing", 0.97)
         path = write_model_dir(out, model=model_doc, metrics=metrics, lineage=lineage,

@@ -311,7 +311,7 @@ def test_predict_reports_an_undecodable_file_and_labels_the_rest(trained_model: 
     result = invoke("predict", trained_model, bad, good, "--json", "-q")
     assert_one_error(result, str(bad), "not an image")
     failed, record = predictions(result)
-    assert failed["image"] == str(bad) and failed["error"]["code"] == "bad_image"
+    assert failed["image"] == str(bad) and failed["error"]["code"] == "not_an_image"
     assert record["image"] == str(good)
 
 
