@@ -11,4 +11,9 @@ fi
 # installing it first keeps pip from resolving a CUDA build for it.
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[${PHOTOLABEL_EXTRAS:-test}]"
+EXTRAS="${PHOTOLABEL_EXTRAS-test}"   # empty for a runtime-only install (the Dockerfile)
+if [ -n "$EXTRAS" ]; then
+  .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
+else
+  .venv/bin/python -m pip install --quiet -e .
+fi

@@ -132,10 +132,13 @@ def main() -> None:
               help="Feature extractor; see `photolabel backbones`.")
 @click.option("--head", default="logistic", show_default=True, help="Classifier; see `photolabel heads`.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed as warnings) and train on the rest.")
+@click.option("--from", "base_model", type=click.Path(path_type=Path), default=None,
+              help="Add DATA to this model's images (incremental): its labels keep their order, new ones "
+                   "append, and its backbone, head, seed and valid fraction are used.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @common_options
 def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fraction: float | None,
-          backbone: str, head: str, skip_bad: bool, as_json: bool, threads: int | None,
+          backbone: str, head: str, skip_bad: bool, base_model: Path | None, as_json: bool, threads: int | None,
           cache_dir: Path | None, batch_size: int, http_timeout: float, download_pool_size: int,
           quiet: bool) -> None:
     """Train a model on DATA: a folder (DATA/<label>/*, or train/ + valid/), a .tar.gz/.tgz/.zip
@@ -156,7 +159,8 @@ def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fractio
         valid_fraction = 1.0 - share
     result = run_safely(lambda: train_model(
         data, out, backbone=backbone, head=head, seed=seed, valid_fraction=round(valid_fraction, 6),
-        classes=_split_classes(classes), threads=threads, cache_dir=cache_dir, skip_bad=skip_bad,
+        classes=_split_classes(classes), base_model=base_model, threads=threads, cache_dir=cache_dir,
+        skip_bad=skip_bad,
         batch_size=batch_size, fetch_options=_fetch_options(http_timeout, download_pool_size),
         progress=_progress(quiet),
     ))
@@ -350,6 +354,22 @@ def export_command(model_dir: Path, out: Path, head_only: bool, cache_dir: Path 
 
 
 @main.command()
+@click.option("--backbone", "names", multiple=True, default=("efficientnet-lite0",), show_default=True,
+              help="Backbone(s) to prepare; repeat for several.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
+              default=None, show_envvar=True)
+def prepare(names: Sequence[str], cache_dir: Path | None) -> None:
+    """Export backbones to ONNX into the cache now (e.g. while building a container image)."""
+    from photolabel.backbones import get_backbone
+
+    for name in names:
+        backbone = run_safely(lambda name=name: get_backbone(name, cache_dir=cache_dir))
+        onnx_path = getattr(backbone, "onnx_path", None)
+        where = run_safely(onnx_path) if onnx_path is not None else "(numpy features, nothing to export)"
+        click.echo(f"{name:<20} hash {backbone.hash[:16]}…  {where}")
+
+
+@main.command()
 def backbones() -> None:
     """List the registered backbones."""
     from photolabel.backbones import describe_backbones
@@ -365,6 +385,30 @@ def heads() -> None:
 
     for name, summary in describe_heads().items():
         click.echo(f"{name:<10} {summary}")
+
+
+@main.command()
+@click.option("-d", "--dataset", required=True,
+              help="Folder or archive to start from, or a bare NAME for NAME.tar.gz here (seed 000).")
+@click.option("-c", "--classes", cls=GreedyOption, multiple=True, help="Labels, in order (seed 000's -c).")
+@click.option("--json", "as_json", is_flag=True, help="Answer with one JSON object per line.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("photolabel-worker"),
+              show_default=True, help="Where the worker keeps its models (content-addressed).")
+@click.option("--seed", type=int, default=1234, envvar="RANDOM_SEED", show_envvar=True, show_default=True)
+@click.option("--backbone", default="efficientnet-lite0", show_default=True)
+@click.option("--head", default="logistic", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
+              default=None)
+def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, seed: int, backbone: str,
+           head: str, threads: int | None, cache_dir: Path | None) -> None:
+    """A long-lived classifier on stdin/stdout (seed 000): predict IMAGE | train TRAIN VALID | info | help | quit."""
+    from photolabel.adapters.worker import WorkerSettings, run_worker, worker_options
+
+    names = run_safely(lambda: worker_options(classes))
+    settings = WorkerSettings(dataset=dataset, classes=names, work_dir=work_dir, seed=seed, backbone=backbone,
+                              head=head, threads=threads, cache_dir=cache_dir)
+    sys.exit(run_worker(settings, as_json=as_json))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,281 @@
+"""``photolabel worker``: seed 000's long-lived classifier driven through stdin/stdout.
+
+Started with ``-d DATASET -c CLASS...`` it trains (or, for data and settings it has
+seen before, loads the content-addressed model at once), prints one ready line, then
+answers one command per line, flushed at once:
+
+    predict IMAGE                   -> the label (seed 000 prints the label alone)
+    train TRAIN.tar.gz VALID.tar.gz -> adds the images, retrains, "Model Successfully Trained <id>"
+    info | help | quit              (EOF also ends the session)
+
+With ``--json`` every answer is one JSON object. Bad input gives an error line and
+the worker keeps serving the model it had: a retrain is written under a temporary
+name and only becomes the active model once it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from photolabel.dataset import Dataset
+from photolabel.errors import DataError, PhotolabelError, SourceNotFoundError
+from photolabel.model import Model, load_model
+
+READY_TEXT = "ready"
+TRAINED_TEXT = "Model Successfully Trained"
+HELP_TEXT = (
+    "commands: predict IMAGE | train TRAIN.tar.gz VALID.tar.gz | info | help | quit"
+)
+
+
+class CommandError(PhotolabelError, ValueError):
+    code = "bad_command"
+
+
+@dataclass
+class WorkerSettings:
+    dataset: str
+    classes: tuple[str, ...]
+    work_dir: Path = Path("photolabel-worker")
+    seed: int = 1234
+    backbone: str = "efficientnet-lite0"
+    head: str = "logistic"
+    valid_fraction: float = 0.1
+    threads: int | None = None
+    cache_dir: Path | None = None
+
+
+def resolve_dataset(name: str, cwd: Path | None = None) -> Path:
+    """A path to a folder or archive, or seed 000's bare name for ``NAME.tar.gz`` in the working directory."""
+    base = cwd or Path.cwd()
+    path = base / name
+    if path.exists():
+        return path
+    archive = base / f"{name}.tar.gz"
+    if "/" not in name and not name.endswith((".tar.gz", ".tgz", ".zip", ".tar")) and archive.exists():
+        return archive
+    raise SourceNotFoundError(f"{name}: no such folder or archive (nor {name}.tar.gz)")
+
+
+@dataclass
+class WorkerSession:
+    """The worker's state: the active model and the data sets it was built from."""
+
+    settings: WorkerSettings
+    model: Model | None = None
+    datasets: list[Dataset] = field(default_factory=list)
+
+    # -- start ----------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        """Train or load the model for the starting data set; returns the ready answer."""
+        from photolabel.sources import load_dataset
+        from photolabel.training import TrainConfig, plan_model_id
+
+        s = self.settings
+        dataset = load_dataset(resolve_dataset(s.dataset), classes=s.classes or None)
+        self.datasets.append(dataset)
+        config = TrainConfig(backbone=s.backbone, head=s.head, seed=s.seed, valid_fraction=s.valid_fraction)
+        from photolabel.backbones import get_backbone
+
+        backbone = get_backbone(config.backbone, threads=s.threads, cache_dir=s.cache_dir)
+        planned, _ = plan_model_id(dataset.records, dataset.labels, config, backbone.hash)
+        existing = self._models_dir / planned
+        loaded = False
+        if (existing / "model.json").is_file():
+            try:
+                self.model = load_model(existing, threads=s.threads, cache_dir=s.cache_dir)
+                loaded = True
+            except PhotolabelError:
+                self.model = None
+        if self.model is None:
+            self.model = self._train(dataset, base=None, config=config)
+        return {"ok": True, "ready": True, "model_id": self.model.model_id, "labels": list(self.model.labels),
+                "loaded": loaded}
+
+    @property
+    def _models_dir(self) -> Path:
+        return self.settings.work_dir / "models"
+
+    def _train(self, dataset: Dataset, base: Model | None, config: Any = None) -> Model:
+        """Train into a staging folder, then move it to models/<model_id>; the old model stays active until then."""
+        from photolabel.training import train
+
+        s = self.settings
+        self._models_dir.mkdir(parents=True, exist_ok=True)
+        staging = self._models_dir / f".incoming-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            result = train(
+                dataset, staging, backbone=s.backbone, head=s.head, seed=s.seed, valid_fraction=s.valid_fraction,
+                classes=s.classes or None, base_model=base, threads=s.threads, cache_dir=s.cache_dir,
+                write_run_json=False,
+            )
+            final = self._models_dir / result.model_id
+            if final.exists():
+                shutil.rmtree(staging)
+            else:
+                os.replace(staging, final)
+            return load_model(final, threads=s.threads, cache_dir=s.cache_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # -- commands -------------------------------------------------------------------------
+    def handle(self, line: str) -> dict[str, Any] | None:
+        """Answer one command line; ``None`` means quit. Never raises for bad input."""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            return _error(CommandError(f"cannot parse the command: {exc}"))
+        if not words:
+            return {"ok": True, "empty": True}
+        command, args = words[0].lower(), words[1:]
+        try:
+            if command in ("quit", "exit"):
+                return None
+            if command == "help":
+                return {"ok": True, "help": HELP_TEXT}
+            if command == "info":
+                return self.info()
+            if command == "predict":
+                if len(args) != 1:
+                    raise CommandError("usage: predict IMAGE")
+                return self.predict(args[0])
+            if command == "train":
+                if len(args) != 2:
+                    raise CommandError("usage: train TRAIN.tar.gz VALID.tar.gz")
+                return self.retrain(args[0], args[1])
+            raise CommandError(f"unknown command {command!r}; {HELP_TEXT}")
+        except PhotolabelError as exc:
+            return _error(exc)
+        except Exception as exc:  # noqa: BLE001 - the worker must outlive any single command
+            return {"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
+
+    def predict(self, image: str) -> dict[str, Any]:
+        assert self.model is not None
+        from photolabel.dataset import BadInput
+
+        (result,) = self.model.predict_batch([image])
+        if isinstance(result, BadInput):
+            message = result.reason if result.reason.startswith(result.source) else str(result)
+            return {"ok": False, "error": {"code": result.code, "message": message}}
+        return {"ok": True, "label": result.label, "scores": result.scores, "model_id": result.model_id,
+                "image": result.image, "sha256": result.sha256}
+
+    def retrain(self, train_archive: str, valid_archive: str) -> dict[str, Any]:
+        from photolabel.sources import load_dataset
+
+        assert self.model is not None
+        loaded: list[Dataset] = []
+        try:
+            for name, split in ((train_archive, "train"), (valid_archive, "valid")):
+                path = Path(name)
+                if not path.exists():
+                    raise SourceNotFoundError(f"{name}: no such archive")
+                dataset = load_dataset(path, classes=self.settings.classes or None, require_labels=False)
+                dataset.records = [replace(r, split=split) for r in dataset.records]
+                loaded.append(dataset)
+            merged = Dataset(
+                records=[r for d in loaded for r in d.records],
+                labels=tuple(dict.fromkeys(label for d in loaded for label in d.labels)),
+            )
+            before = len(self.model.lineage.get("images", []))
+            model = self._train(merged, base=self.model)
+        except BaseException:
+            for dataset in loaded:
+                dataset.close()
+            raise
+        self.datasets.extend(loaded)
+        self.model = model
+        validation = (model.metrics.get("validation") or {}).get("accuracy")
+        return {"ok": True, "message": TRAINED_TEXT, "model_id": model.model_id, "labels": list(model.labels),
+                "added": len(model.lineage["images"]) - before, "validation_accuracy": validation}
+
+    def info(self) -> dict[str, Any]:
+        assert self.model is not None
+        validation = (self.model.metrics.get("validation") or {}).get("accuracy")
+        return {"ok": True, "model_id": self.model.model_id, "labels": list(self.model.labels),
+                "backbone": self.model.info["backbone"]["name"], "head": self.model.info["head"]["name"],
+                "n_images": len(self.model.lineage.get("images", [])), "validation_accuracy": validation,
+                "model_dir": str(self.model.path)}
+
+    def close(self) -> None:
+        for dataset in self.datasets:
+            dataset.close()
+
+
+def _error(exc: PhotolabelError) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": exc.code, "message": str(exc).splitlines()[0]}}
+
+
+def format_answer(answer: dict[str, Any], as_json: bool) -> str:
+    """One line: JSON, or the seed's plain text (the label alone for predict)."""
+    if as_json:
+        return json.dumps(answer, sort_keys=True)
+    if not answer.get("ok"):
+        return f"error: {answer['error']['message']}"
+    if answer.get("ready"):
+        how = "loaded" if answer.get("loaded") else "trained"
+        return f"{READY_TEXT}: model {answer['model_id']} ({how}; labels: {', '.join(answer['labels'])})"
+    if "label" in answer:
+        return str(answer["label"])
+    if answer.get("message") == TRAINED_TEXT:
+        return f"{TRAINED_TEXT} {answer['model_id']}"
+    if "help" in answer:
+        return str(answer["help"])
+    if answer.get("empty"):
+        return ""
+    accuracy = answer.get("validation_accuracy")
+    return (f"model {answer['model_id']} labels: {', '.join(answer['labels'])}; {answer['n_images']} images; "
+            f"backbone {answer['backbone']}, head {answer['head']}"
+            + (f"; validation accuracy {accuracy:.4f}" if accuracy is not None else ""))
+
+
+def run_worker(settings: WorkerSettings, *, as_json: bool, stdin: TextIO = sys.stdin,
+               stdout: TextIO = sys.stdout) -> int:
+    """The read-answer loop. Returns the exit code (0 on quit/EOF, 1 if the start failed)."""
+    session = WorkerSession(settings)
+    try:
+        ready = session.start()
+    except PhotolabelError as exc:
+        answer = _error(exc)
+        print(format_answer(answer, as_json), file=stdout if as_json else sys.stderr, flush=True)
+        return 1
+    interactive = stdin.isatty()
+    print(format_answer(ready, as_json), file=stdout, flush=True)
+    try:
+        while True:
+            if interactive:
+                print("photolabel> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
+            if not line:
+                break
+            answer = session.handle(line.strip())
+            if answer is None:
+                if as_json:
+                    print(json.dumps({"ok": True, "quit": True}), file=stdout, flush=True)
+                break
+            if answer.get("empty") and not as_json:
+                continue
+            print(format_answer(answer, as_json), file=stdout, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+    return 0
+
+
+def worker_options(values: Sequence[Any]) -> tuple[str, ...]:
+    names: list[str] = []
+    for value in values:
+        names.extend(part for part in str(value).replace(",", " ").split() if part)
+    if len(set(names)) != len(names):
+        raise DataError(f"-c lists a class twice: {' '.join(names)}")
+    return tuple(names)
