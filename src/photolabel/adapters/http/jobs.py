@@ -1,0 +1,403 @@
+"""Training jobs, run outside the request path in child processes.
+
+A :class:`JobRunner` owns one dispatcher thread. It claims queued jobs from the
+:class:`~photolabel.adapters.http.store.Registry` and runs each in a child process
+(``python -m photolabel.adapters.http.jobs JOB_ID DB_PATH ...``), at most ``workers``
+at a time. The child lowers its priority, asks the kernel to kill it if the server
+dies, trains with :func:`photolabel.train`, and writes its progress and its result
+into the job row itself. The parent only watches exit codes: a child that exits
+without recording a result leaves its job in error ("training process died").
+
+A job still ``in_progress`` when the server stops (or crashes) is requeued by the
+next :meth:`JobRunner.start` (see :meth:`Registry.recover_interrupted`). Model
+directories are written atomically by :func:`photolabel.train`, so a killed child
+never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from photolabel.adapters.http.store import Job, ModelRecord, Registry, utc_now
+from photolabel.errors import PhotolabelError
+from photolabel.fetch import FetchOptions
+from photolabel.training import DEFAULT_BACKBONE, DEFAULT_HEAD, DEFAULT_SEED, DEFAULT_VALID_FRACTION
+
+log = logging.getLogger("photolabel.http.jobs")
+
+TRAIN_KIND = "train"
+PROGRESS_INTERVAL_S = 0.2  # at most 5 progress writes a second (plus one per stage change)
+DEFAULT_MAX_ATTEMPTS = 3
+_POLL_S = 0.1  # how often the dispatcher looks at its children
+_RESCAN_S = 2.0  # how often it looks for queued jobs nobody told it about
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What a training job trains on and how; stored as JSON in ``Job.spec``.
+
+    ``data`` is a local path (a CSV or an archive saved by the service, or a folder).
+    ``urls_only`` names where an untrusted CSV came from (its URL, or "upload"): its
+    rows may then only be http(s) URLs (see :func:`photolabel.sources.load_dataset`).
+    ``model_uri`` is the seed API's ``model.uri``, recorded only.
+    """
+
+    data: str
+    urls_only: str | None = None
+    seed: int = DEFAULT_SEED
+    backbone: str = DEFAULT_BACKBONE
+    head: str = DEFAULT_HEAD
+    valid_fraction: float = DEFAULT_VALID_FRACTION
+    classes: list[str] | None = None
+    model_uri: str | None = None
+    skip_bad: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> TrainSpec:
+        """The spec in ``spec``; unknown keys are ignored (specs written by a newer version)."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in spec.items() if key in known}
+        if values.get("classes") is not None:
+            values["classes"] = list(values["classes"])
+        return cls(**values)
+
+
+def model_dir_for(data_dir: str | Path, job_id: str) -> Path:
+    """Where the model of job ``job_id`` is written: ``DATA_DIR/models/<job_id>``."""
+    return Path(data_dir) / "models" / job_id
+
+
+# --- the parent: dispatcher thread ------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    job_id: str
+    attempt: int
+    process: subprocess.Popen[bytes]
+
+
+class JobRunner:
+    """Runs queued jobs of ``registry`` in child processes, ``workers`` at a time.
+
+    ``threads`` is the number of threads each child gives the backbone. Jobs that were
+    interrupted ``max_attempts`` times become errors instead of being run again.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        data_dir: str | Path,
+        cache_dir: str | Path | None,
+        fetch_options: FetchOptions,
+        workers: int = 1,
+        threads: int = 1,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.registry = registry
+        self.data_dir = Path(data_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.fetch_options = fetch_options
+        self.workers = workers
+        self.threads = threads
+        self.max_attempts = max_attempts
+        self._children: dict[str, _Child] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_timeout = 10.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> list[Job]:
+        """Requeue (or fail) jobs a previous run left in progress, then start dispatching.
+
+        Returns the jobs recovered. Calling it on a running runner only returns [].
+        """
+        if self._thread is not None and self._thread.is_alive():
+            return []
+        recovered = self.registry.recover_interrupted(self.max_attempts)
+        for job in recovered:
+            log.info("job %s: %s", job.job_id, job.stage if job.status == "queued" else job.error)
+        self._stopping.clear()
+        # The children's "kill me when my parent dies" signal follows the thread that
+        # started them, so this one thread starts them and outlives them.
+        self._thread = threading.Thread(target=self._dispatch, name="photolabel-jobs", daemon=True)
+        self._thread.start()
+        return recovered
+
+    def submit(self, job_id: str) -> None:
+        """Wake the dispatcher: job ``job_id`` has been queued in the registry."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop dispatching and end running children (SIGTERM, then SIGKILL after ``timeout`` s).
+
+        Their jobs stay in_progress; the next :meth:`start` requeues them.
+        """
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop_timeout = timeout
+        self._stopping.set()
+        self._wake.set()
+        thread.join(timeout + 5)
+        self._thread = None
+
+    def running(self) -> dict[str, int]:
+        """``{job_id: pid}`` of the children running now."""
+        with self._lock:
+            return {job_id: child.process.pid for job_id, child in self._children.items()}
+
+    def is_alive(self) -> bool:
+        """Whether the dispatcher thread runs (for a readiness check)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Poll until job ``job_id`` is ready or in error and return it.
+
+        Raises ``KeyError`` for an unknown job and ``TimeoutError`` after ``timeout`` s.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.registry.get_job(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.status in ("ready", "error"):
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status} ({job.stage}) after {timeout:g} s")
+            time.sleep(0.05)
+
+    # -- the dispatcher thread -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        last_scan = 0.0
+        try:
+            while not self._stopping.is_set():
+                woken = self._wake.wait(_POLL_S)
+                self._wake.clear()
+                try:
+                    finished = self._reap()
+                    now = time.monotonic()
+                    if woken or finished or now - last_scan >= _RESCAN_S:
+                        last_scan = now
+                        self._launch_queued()
+                except Exception:  # keep dispatching: one bad database moment must not end the service's jobs
+                    log.exception("job dispatcher: unexpected error")
+        finally:
+            self._end_children()
+
+    def _launch_queued(self) -> None:
+        while len(self._children) < self.workers and not self._stopping.is_set():
+            job = self.registry.claim_next_job()
+            if job is None:
+                return
+            try:
+                process = subprocess.Popen(
+                    self._child_command(job.job_id),
+                    stdin=subprocess.DEVNULL,
+                    # its own session: a Ctrl-C meant for the server does not kill the child first
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                self.registry.update_job(job.job_id, status="error", stage="failed", error_code="internal",
+                                         error=f"cannot start the training process: {exc}")
+                continue
+            log.info("job %s: attempt %d started in process %d", job.job_id, job.attempts, process.pid)
+            with self._lock:
+                self._children[job.job_id] = _Child(job.job_id, job.attempts, process)
+
+    def _child_command(self, job_id: str) -> list[str]:
+        command = [
+            sys.executable, "-m", "photolabel.adapters.http.jobs", job_id, str(self.registry.db_path),
+            "--data-dir", str(self.data_dir),
+            "--threads", str(self.threads),
+            "--fetch-options", json.dumps(asdict(self.fetch_options)),
+            "--parent-pid", str(os.getpid()),
+        ]
+        if self.cache_dir is not None:
+            command += ["--cache-dir", str(self.cache_dir)]
+        return command
+
+    def _reap(self) -> int:
+        """Forget children that exited; fail the jobs of those that left no result. Returns how many."""
+        with self._lock:
+            done = [child for child in self._children.values() if child.process.poll() is not None]
+            for child in done:
+                del self._children[child.job_id]
+        for child in done:
+            code = child.process.returncode
+            job = self.registry.get_job(child.job_id)
+            if job is None or job.status != "in_progress" or job.attempts != child.attempt:
+                continue
+            how = f"exit code {code}"
+            if code < 0:
+                with contextlib.suppress(ValueError):
+                    how += f", {signal.Signals(-code).name}"
+            log.error("job %s: training process %d died (%s)", child.job_id, child.process.pid, how)
+            self.registry.update_job(child.job_id, expect_status="in_progress", status="error", stage="failed",
+                                     error_code="process_died", error=f"training process died ({how})")
+        return len(done)
+
+    def _end_children(self) -> None:
+        with self._lock:
+            children = list(self._children.values())
+        for child in children:
+            if child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + self._stop_timeout
+        for child in children:
+            try:
+                child.process.wait(max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        with self._lock:
+            self._children.clear()
+
+
+# --- the child: one training run ---------------------------------------------------------------
+
+
+class _ProgressWriter:
+    """``on_progress`` for :func:`photolabel.train`: writes into the job row, throttled."""
+
+    def __init__(self, registry: Registry, job_id: str) -> None:
+        self.registry = registry
+        self.job_id = job_id
+        self._stage: str | None = None
+        self._last = 0.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage == self._stage and now - self._last < PROGRESS_INTERVAL_S:
+            return
+        self._stage, self._last = stage, now
+        self.registry.update_job(self.job_id, expect_status="in_progress", stage=stage, progress=float(fraction))
+
+
+def run_job(
+    registry: Registry,
+    job_id: str,
+    *,
+    data_dir: str | Path,
+    cache_dir: str | Path | None,
+    fetch_options: FetchOptions,
+    threads: int = 1,
+) -> Job:
+    """Train job ``job_id`` here and now; record progress and the result in its row. Returns the job.
+
+    Every failure is recorded, none raised: a :class:`PhotolabelError` with its code and
+    one-line message, anything else as code "internal" (traceback on stderr).
+    Raises ``KeyError`` only for an unknown job.
+    """
+    from photolabel.sources import load_dataset
+    from photolabel.training import train
+
+    job = registry.get_job(job_id)
+    if job is None:
+        raise KeyError(job_id)
+    try:
+        if job.kind != TRAIN_KIND:
+            raise ValueError(f"unknown job kind {job.kind!r}")
+        spec = TrainSpec.from_dict(job.spec)
+        progress = _ProgressWriter(registry, job_id)
+        progress("loading", 0.0)
+        dataset = load_dataset(spec.data, classes=spec.classes, skip_bad=spec.skip_bad,
+                               fetch_options=fetch_options, urls_only=spec.urls_only)
+        try:
+            result = train(dataset, model_dir_for(data_dir, job_id), backbone=spec.backbone, head=spec.head,
+                           seed=spec.seed, valid_fraction=spec.valid_fraction, threads=threads,
+                           cache_dir=cache_dir, skip_bad=spec.skip_bad, fetch_options=fetch_options,
+                           on_progress=progress)
+        finally:
+            dataset.close()
+    except PhotolabelError as exc:
+        registry.update_job(job_id, status="error", stage="failed", error_code=exc.code, error=str(exc))
+    except Exception as exc:
+        print(f"photolabel: job {job_id} failed unexpectedly:", file=sys.stderr)
+        traceback.print_exc()
+        registry.update_job(job_id, status="error", stage="failed", error_code="internal",
+                            error=f"internal error: {type(exc).__name__}: {exc}")
+    else:
+        registry.add_model(ModelRecord(
+            model_id=result.model_id,
+            job_id=job_id,
+            path=str(result.path),
+            labels=list(result.model.labels),
+            backbone=spec.backbone,
+            head=spec.head,
+            uri=spec.model_uri,
+            created_at=utc_now(),
+        ))
+        registry.update_job(job_id, status="ready", stage="done", progress=1.0, error_code=None, error=None,
+                            model_id=result.model_id)
+    final = registry.get_job(job_id)
+    return final if final is not None else job
+
+
+def _become_background_child(parent_pid: int | None) -> None:
+    """Lower our priority and die with the server (Linux), so no training outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    # The server may have died before the line above took effect.
+    if parent_pid is not None and os.getppid() != parent_pid:
+        sys.exit(3)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m photolabel.adapters.http.jobs",
+                                     description="Run one queued training job of the photolabel service.")
+    parser.add_argument("job_id")
+    parser.add_argument("db_path", type=Path)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fetch-options", default="{}", help="FetchOptions as a JSON object")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit at once if this is not our parent")
+    args = parser.parse_args(argv)
+    _become_background_child(args.parent_pid)
+    registry = Registry(args.db_path)
+    try:
+        run_job(registry, args.job_id, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                fetch_options=FetchOptions(**json.loads(args.fetch_options)), threads=args.threads)
+    except KeyError:
+        print(f"photolabel: no job {args.job_id} in {args.db_path}", file=sys.stderr)
+        return 2
+    finally:
+        registry.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
