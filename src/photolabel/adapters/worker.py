@@ -15,14 +15,15 @@ name and only becomes the active model once it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from photolabel.dataset import Dataset
@@ -67,36 +68,35 @@ def resolve_dataset(name: str, cwd: Path | None = None) -> Path:
 
 @dataclass
 class WorkerSession:
-    """The worker's state: the active model and the data sets it was built from."""
+    """The worker's state: the settings and the active model."""
 
     settings: WorkerSettings
     model: Model | None = None
-    datasets: list[Dataset] = field(default_factory=list)
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         """Train or load the model for the starting data set; returns the ready answer."""
+        from photolabel.backbones import get_backbone
         from photolabel.sources import load_dataset
         from photolabel.training import TrainConfig, plan_model_id
 
         s = self.settings
-        dataset = load_dataset(resolve_dataset(s.dataset), classes=s.classes or None)
-        self.datasets.append(dataset)
-        config = TrainConfig(backbone=s.backbone, head=s.head, seed=s.seed, valid_fraction=s.valid_fraction)
-        from photolabel.backbones import get_backbone
-
-        backbone = get_backbone(config.backbone, threads=s.threads, cache_dir=s.cache_dir)
-        planned, _ = plan_model_id(dataset.records, dataset.labels, config, backbone.hash)
-        existing = self._models_dir / planned
-        loaded = False
-        if (existing / "model.json").is_file():
-            try:
-                self.model = load_model(existing, threads=s.threads, cache_dir=s.cache_dir)
-                loaded = True
-            except PhotolabelError:
-                self.model = None
-        if self.model is None:
-            self.model = self._train(dataset, base=None, config=config)
+        # The extracted archive is only needed while training: its images' embeddings are
+        # cached and a later retrain rebuilds them from the model's lineage.
+        with load_dataset(resolve_dataset(s.dataset), classes=s.classes or None) as dataset:
+            config = TrainConfig(backbone=s.backbone, head=s.head, seed=s.seed, valid_fraction=s.valid_fraction)
+            backbone = get_backbone(config.backbone, threads=s.threads, cache_dir=s.cache_dir)
+            planned, _ = plan_model_id(dataset.records, dataset.labels, config, backbone.hash)
+            existing = self._models_dir / planned
+            loaded = False
+            if (existing / "model.json").is_file():
+                try:
+                    self.model = load_model(existing, threads=s.threads, cache_dir=s.cache_dir)
+                    loaded = True
+                except PhotolabelError:
+                    self.model = None
+            if self.model is None:
+                self.model = self._train(dataset, base=None)
         return {"ok": True, "ready": True, "model_id": self.model.model_id, "labels": list(self.model.labels),
                 "loaded": loaded}
 
@@ -104,7 +104,7 @@ class WorkerSession:
     def _models_dir(self) -> Path:
         return self.settings.work_dir / "models"
 
-    def _train(self, dataset: Dataset, base: Model | None, config: Any = None) -> Model:
+    def _train(self, dataset: Dataset, base: Model | None) -> Model:
         """Train into a staging folder, then move it to models/<model_id>; the old model stays active until then."""
         from photolabel.training import train
 
@@ -120,9 +120,15 @@ class WorkerSession:
             )
             final = self._models_dir / result.model_id
             if final.exists():
-                shutil.rmtree(staging)
-            else:
+                try:  # the same model, trained before (content-addressed): keep that copy
+                    return load_model(final, threads=s.threads, cache_dir=s.cache_dir)
+                except PhotolabelError:  # a damaged leftover: replace it with the fresh one
+                    shutil.rmtree(final, ignore_errors=True)
+            try:
                 os.replace(staging, final)
+            except OSError:
+                if not (final / "model.json").is_file():  # not another worker winning the race
+                    raise
             return load_model(final, threads=s.threads, cache_dir=s.cache_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -155,7 +161,7 @@ class WorkerSession:
             raise CommandError(f"unknown command {command!r}; {HELP_TEXT}")
         except PhotolabelError as exc:
             return _error(exc)
-        except Exception as exc:  # noqa: BLE001 - the worker must outlive any single command
+        except Exception as exc:  # the worker must outlive any single command
             return {"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
 
     def predict(self, image: str) -> dict[str, Any]:
@@ -180,19 +186,18 @@ class WorkerSession:
                 if not path.exists():
                     raise SourceNotFoundError(f"{name}: no such archive")
                 dataset = load_dataset(path, classes=self.settings.classes or None, require_labels=False)
-                dataset.records = [replace(r, split=split) for r in dataset.records]
                 loaded.append(dataset)
+                _refuse_split_folder_as_label(dataset, name)
+                dataset.records = [replace(r, split=split) for r in dataset.records]
             merged = Dataset(
                 records=[r for d in loaded for r in d.records],
                 labels=tuple(dict.fromkeys(label for d in loaded for label in d.labels)),
             )
             before = len(self.model.lineage.get("images", []))
             model = self._train(merged, base=self.model)
-        except BaseException:
+        finally:  # the extracted images are embedded (and cached) by now, or not needed
             for dataset in loaded:
                 dataset.close()
-            raise
-        self.datasets.extend(loaded)
         self.model = model
         validation = (model.metrics.get("validation") or {}).get("accuracy")
         return {"ok": True, "message": TRAINED_TEXT, "model_id": model.model_id, "labels": list(model.labels),
@@ -206,9 +211,20 @@ class WorkerSession:
                 "n_images": len(self.model.lineage.get("images", [])), "validation_accuracy": validation,
                 "model_dir": str(self.model.path)}
 
-    def close(self) -> None:
-        for dataset in self.datasets:
-            dataset.close()
+
+def _refuse_split_folder_as_label(dataset: Dataset, name: str) -> None:
+    """A lone ``valid/`` (or ``validation/``, ``test/``) folder of label folders is read as one label
+    of that name by the loader (the split layout needs ``train/``): refuse it rather than train a label
+    "valid". (With ``-c`` the loader already refuses the unknown label.)"""
+    for label in dataset.labels:
+        if label not in ("valid", "validation", "test"):
+            continue
+        sources = [r.source for r in dataset.records if r.label == label]
+        if sources and all(len(PurePosixPath(source).parts) >= 3 for source in sources):
+            raise DataError(
+                f"{name}: its images sit in {label}/<label>/ folders, which would make one label "
+                f"'{label}'; put the <label>/ folders at the top of the archive or in a folder with another name"
+            )
 
 
 def _error(exc: PhotolabelError) -> dict[str, Any]:
@@ -218,7 +234,7 @@ def _error(exc: PhotolabelError) -> dict[str, Any]:
 def format_answer(answer: dict[str, Any], as_json: bool) -> str:
     """One line: JSON, or the seed's plain text (the label alone for predict)."""
     if as_json:
-        return json.dumps(answer, sort_keys=True)
+        return json.dumps(answer)  # not sorted: scores keep the model's label order, as in `predict --json`
     if not answer.get("ok"):
         return f"error: {answer['error']['message']}"
     if answer.get("ready"):
@@ -241,16 +257,34 @@ def format_answer(answer: dict[str, Any], as_json: bool) -> str:
 def run_worker(settings: WorkerSettings, *, as_json: bool, stdin: TextIO = sys.stdin,
                stdout: TextIO = sys.stdout) -> int:
     """The read-answer loop. Returns the exit code (0 on quit/EOF, 1 if the start failed)."""
+    import signal
+
+    _tolerant_streams(stdin, stdout)
+    previous = _exit_cleanly_on_sigterm()
+    try:
+        return _serve(settings, as_json=as_json, stdin=stdin, stdout=stdout)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(settings: WorkerSettings, *, as_json: bool, stdin: TextIO, stdout: TextIO) -> int:
     session = WorkerSession(settings)
     try:
         ready = session.start()
     except PhotolabelError as exc:
         answer = _error(exc)
+    except OSError as exc:  # e.g. an unwritable --work-dir
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        answer = {"ok": False, "error": {"code": "os_error", "message": f"{name}{exc.strerror or exc}"}}
+    else:
+        answer = None
+    if answer is not None:
         print(format_answer(answer, as_json), file=stdout if as_json else sys.stderr, flush=True)
         return 1
     interactive = stdin.isatty()
-    print(format_answer(ready, as_json), file=stdout, flush=True)
     try:
+        print(format_answer(ready, as_json), file=stdout, flush=True)
         while True:
             if interactive:
                 print("photolabel> ", end="", file=stdout, flush=True)
@@ -267,9 +301,45 @@ def run_worker(settings: WorkerSettings, *, as_json: bool, stdin: TextIO = sys.s
             print(format_answer(answer, as_json), file=stdout, flush=True)
     except KeyboardInterrupt:
         pass
-    finally:
-        session.close()
+    except BrokenPipeError:  # the driving process went away: nobody is left to answer
+        _silence(stdout)
+        return 1
     return 0
+
+
+def _tolerant_streams(stdin: TextIO, stdout: TextIO) -> None:
+    """Bytes that are not valid in the locale's encoding must not end the worker.
+
+    A file name in a command may be any bytes (kept as surrogates, so the path still
+    opens); an answer that cannot be encoded is written with backslash escapes.
+    """
+    for stream, errors in ((stdin, "surrogateescape"), (stdout, "backslashreplace")):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(OSError, ValueError):  # a stream that cannot change keeps its setting
+                reconfigure(errors=errors)
+
+
+def _exit_cleanly_on_sigterm() -> Any:
+    """SIGTERM unwinds like an exception (exit 143), so a retrain's staging folder and extracted
+    archives are removed. Returns the handler it replaced (None off the main thread: left alone)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _silence(stdout: TextIO) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a real file: nothing to do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        os.close(devnull)
 
 
 def worker_options(values: Sequence[Any]) -> tuple[str, ...]:
