@@ -299,7 +299,8 @@ def _has_visible_files(folder: Path) -> bool:
 
 def _load_folder(loader: _Loader, root: Path, shown: str, in_archive: bool) -> None:
     subdirs = {entry.name: entry for entry in _visible_subdirs(root)}
-    split_layout = "train" in subdirs and set(subdirs) <= {*_SPLIT_FOLDERS, *_IGNORED_FOLDERS}
+    # train/ and/or valid/ (or validation/), besides an ignored test/: the split layout.
+    split_layout = bool(set(subdirs) & set(_SPLIT_FOLDERS)) and set(subdirs) <= {*_SPLIT_FOLDERS, *_IGNORED_FOLDERS}
     if not split_layout:
         _load_label_folders(loader, root, root, "auto", shown, in_archive)
         return

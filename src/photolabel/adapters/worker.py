@@ -23,7 +23,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TextIO
 
 from photolabel.dataset import Dataset
@@ -187,7 +187,6 @@ class WorkerSession:
                     raise SourceNotFoundError(f"{name}: no such archive")
                 dataset = load_dataset(path, classes=self.settings.classes or None, require_labels=False)
                 loaded.append(dataset)
-                _refuse_split_folder_as_label(dataset, name)
                 dataset.records = [replace(r, split=split) for r in dataset.records]
             merged = Dataset(
                 records=[r for d in loaded for r in d.records],
@@ -210,21 +209,6 @@ class WorkerSession:
                 "backbone": self.model.info["backbone"]["name"], "head": self.model.info["head"]["name"],
                 "n_images": len(self.model.lineage.get("images", [])), "validation_accuracy": validation,
                 "model_dir": str(self.model.path)}
-
-
-def _refuse_split_folder_as_label(dataset: Dataset, name: str) -> None:
-    """A lone ``valid/`` (or ``validation/``, ``test/``) folder of label folders is read as one label
-    of that name by the loader (the split layout needs ``train/``): refuse it rather than train a label
-    "valid". (With ``-c`` the loader already refuses the unknown label.)"""
-    for label in dataset.labels:
-        if label not in ("valid", "validation", "test"):
-            continue
-        sources = [r.source for r in dataset.records if r.label == label]
-        if sources and all(len(PurePosixPath(source).parts) >= 3 for source in sources):
-            raise DataError(
-                f"{name}: its images sit in {label}/<label>/ folders, which would make one label "
-                f"'{label}'; put the <label>/ folders at the top of the archive or in a folder with another name"
-            )
 
 
 def _error(exc: PhotolabelError) -> dict[str, Any]:
