@@ -13,6 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PHOTOLABEL_EXTRAS=""
 
+# Optional: an extra package index (e.g. PyTorch's CPU wheels) for `pip install torch==2.13.0`.
+ARG PIP_EXTRA_INDEX_URL=""
 COPY pyproject.toml README.md ./
 COPY scripts ./scripts
 COPY src ./src

@@ -411,5 +411,39 @@ def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, 
     sys.exit(run_worker(settings, as_json=as_json))
 
 
+@main.command()
+@click.option("--host", default=None, help="Address to bind [default: API_HOST, else 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port [default: API_PORT, else 8080].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Job database, uploads and models [default: DATA_DIR, else ./data].")
+def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the HTTP service: seed 002's /train and /infer, the /v1 API, the web page at /,
+    Swagger at /api/doc. Configured by environment variables (DATA_DIR, API_PORT, ...);
+    these flags override them."""
+    from pydantic import ValidationError
+
+    from photolabel.adapters.http.settings import ServiceSettings
+
+    overrides = {name: value for name, value in (("api_host", host), ("api_port", port), ("data_dir", data_dir))
+                 if value is not None}
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']).upper()}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors()
+        )
+        fail(f"bad setting: {problems}")
+    import logging
+
+    import uvicorn
+
+    from photolabel.adapters.http.app import create_app
+
+    # uvicorn configures only its own loggers; the service's (jobs, errors) go to stderr too.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
