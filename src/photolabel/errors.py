@@ -57,6 +57,12 @@ class FetchError(PhotolabelError, OSError):
     code = "fetch_failed"
 
 
+class FetchTooLargeError(FetchError):
+    """A URL whose body is over the size cap."""
+
+    code = "too_large"
+
+
 class UnsafeArchiveError(DataError):
     """An archive member that is a link or escapes the extraction folder."""
 

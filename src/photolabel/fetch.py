@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from photolabel.errors import FetchError
+from photolabel.errors import FetchError, FetchTooLargeError
 from photolabel.progress import progress_bar
 
 _CHUNK = 1 << 16
@@ -64,6 +64,10 @@ class _Refused(OSError):
     """A fetch stopped on purpose; the message is the cause, without the URL."""
 
 
+class _TooLarge(_Refused):
+    """A body over the cap."""
+
+
 def fetch_url(url: str, options: FetchOptions = DEFAULT_FETCH_OPTIONS) -> bytes:
     """The body of an http(s) URL.
 
@@ -82,7 +86,8 @@ def fetch_url(url: str, options: FetchOptions = DEFAULT_FETCH_OPTIONS) -> bytes:
         cause, error = _describe(exc.reason, options), exc
     except (OSError, http.client.HTTPException, ValueError) as exc:
         cause, error = _describe(exc, options), exc
-    raise FetchError(f"cannot fetch {url}: {cause}") from error
+    too_large = isinstance(error, _TooLarge) or isinstance(getattr(error, "reason", None), _TooLarge)
+    raise (FetchTooLargeError if too_large else FetchError)(f"cannot fetch {url}: {cause}") from error
 
 
 def fetch_each(
@@ -138,14 +143,14 @@ def _fetch(url: str, options: FetchOptions) -> bytes:
     with opener.open(request, timeout=options.timeout) as response:
         declared = response.headers.get("Content-Length", "").strip()
         if declared.isdigit() and int(declared) > options.max_bytes:
-            raise _Refused(f"response of {int(declared)} bytes is over the cap of {options.max_bytes} bytes")
+            raise _TooLarge(f"response of {int(declared)} bytes is over the cap of {options.max_bytes} bytes")
         chunks: list[bytes] = []
         received = 0
         # read1 returns what one receive brings, so the deadline is checked often.
         while chunk := response.read1(_CHUNK):
             received += len(chunk)
             if received > options.max_bytes:
-                raise _Refused(f"response is over the cap of {options.max_bytes} bytes")
+                raise _TooLarge(f"response is over the cap of {options.max_bytes} bytes")
             if time.monotonic() > deadline:
                 raise _Refused(f"timed out after {options.timeout:g} s")
             chunks.append(chunk)

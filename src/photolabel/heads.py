@@ -150,7 +150,10 @@ class LogisticHead(Head):
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return _softmax(np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_)
+        # einsum's plain loops, not BLAS: a row's result does not depend on the other rows in the
+        # batch (BLAS blocking does), so micro-batched predictions equal one-by-one ones bit for bit.
+        logits = np.einsum("nd,cd->nc", np.asarray(X, dtype=np.float64), self.coef_, optimize=False)
+        return _softmax(logits + self.intercept_)
 
     def save(self, folder: Path) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)

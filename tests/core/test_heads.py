@@ -69,3 +69,11 @@ def test_binary_logistic_is_stored_as_two_rows(blobs):
     head = LogisticHead(seed=1).fit(X[mask], y[mask], 2)
     assert head.coef_.shape == (2, 16)
     assert (head.predict(X[mask]) == y[mask]).mean() > 0.9
+
+
+def test_logistic_rows_do_not_depend_on_their_batch(blobs):
+    X, y = blobs
+    head = LogisticHead(seed=2).fit(X, y, 3)
+    full = head.predict_proba(X)
+    for i in range(0, 90, 7):
+        assert head.predict_proba(X[i : i + 1]).tobytes() == full[i : i + 1].tobytes()

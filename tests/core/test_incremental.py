@@ -49,7 +49,7 @@ def test_incremental_needs_the_base_embeddings_and_compatible_classes(small_data
 
 
 def test_conflicting_label_for_a_known_image_is_refused(small_data, tmp_path, trained_model, cache_dir):
-    image = sorted((small_data / "blouse").iterdir())[0]
+    image = min((small_data / "blouse").iterdir())
     (tmp_path / "wrong" / "sweater").mkdir(parents=True)
     shutil.copy(image, tmp_path / "wrong" / "sweater" / image.name)
     with pytest.raises(DataError, match="labelled 'sweater'"):

@@ -300,6 +300,14 @@ class _ProgressWriter:
         self.registry.update_job(self.job_id, expect_status="in_progress", stage=stage, progress=float(fraction))
 
 
+def _public_message(message: str, data_dir: str | Path) -> str:
+    """Job errors are shown to API clients: name files relative to DATA_DIR, not by server paths."""
+    for root in sorted({str(Path(data_dir).resolve()), str(Path(data_dir).absolute()), str(data_dir)},
+                       key=len, reverse=True):
+        message = message.replace(root.rstrip("/") + "/", "DATA_DIR/")
+    return message
+
+
 def run_job(
     registry: Registry,
     job_id: str,
@@ -337,7 +345,8 @@ def run_job(
         finally:
             dataset.close()
     except PhotolabelError as exc:
-        registry.update_job(job_id, status="error", stage="failed", error_code=exc.code, error=str(exc))
+        registry.update_job(job_id, status="error", stage="failed", error_code=exc.code,
+                            error=_public_message(str(exc), data_dir))
     except Exception as exc:
         print(f"photolabel: job {job_id} failed unexpectedly:", file=sys.stderr)
         traceback.print_exc()
