@@ -1,0 +1,361 @@
+// photolabel web page: predict, train, inspect a model. Plain JS, same-origin API only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 500;
+const TOP_K = 5;
+
+// ---------- API helpers ----------
+
+class ApiError extends Error {
+  constructor(code, message, status) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+function errorText(err) {
+  if (err && typeof err === "object" && (err.code || err.message)) {
+    return err.code ? `${err.code}: ${err.message || ""}`.trim() : String(err.message);
+  }
+  return String(err);
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+  } catch (exc) {
+    throw new ApiError("network", `cannot reach the server (${exc.message})`, 0);
+  }
+  let body = null;
+  const text = await response.text();
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    const e = (body && (body.error || body.detail)) || {};
+    const message = typeof e === "string" ? e : e.message || text || response.statusText;
+    throw new ApiError((e && e.code) || `http_${response.status}`, message, response.status);
+  }
+  return body;
+}
+
+function showError(box, err) {
+  box.textContent = errorText(err);
+  box.hidden = false;
+}
+
+function clearError(box) {
+  box.textContent = "";
+  box.hidden = true;
+}
+
+// Field names may differ a little between versions of the API: read them defensively.
+const modelKey = (m) => m.model_id || m.id || m.model_sha1 || m.job_id || "";
+const pct = (p) => `${(100 * p).toFixed(1)}%`;
+
+function labelsOf(m) {
+  const labels = m.labels || (m.metrics && m.metrics.validation && m.metrics.validation.labels) || [];
+  return Array.isArray(labels) ? labels : Object.keys(labels);
+}
+
+function nameOf(value) {
+  if (value && typeof value === "object") return value.name || JSON.stringify(value);
+  return value == null ? "" : String(value);
+}
+
+function accuracyOf(m) {
+  const v = m.metrics && m.metrics.validation;
+  const candidates = [m.accuracy, m.validation_accuracy, m.validation && m.validation.accuracy, v && v.accuracy];
+  const found = candidates.find((a) => typeof a === "number");
+  return found === undefined ? null : found;
+}
+
+// Scores as [[label, p], ...], best first: accepts {label: p} or [{label, score|probability}].
+function rankedScores(scores) {
+  let pairs = [];
+  if (Array.isArray(scores)) {
+    pairs = scores.map((s) => [s.label, Number(s.score ?? s.probability ?? s.p ?? 0)]);
+  } else if (scores && typeof scores === "object") {
+    pairs = Object.entries(scores).map(([k, v]) => [k, Number(v)]);
+  }
+  return pairs.sort((a, b) => b[1] - a[1] || String(a[0]).localeCompare(String(b[0])));
+}
+
+// ---------- models ----------
+
+const select = $("model-select");
+let models = [];
+
+async function loadModels(selectKey) {
+  const previous = selectKey || select.value;
+  $("models-status").textContent = "";
+  try {
+    const body = await api("/v1/models");
+    models = Array.isArray(body) ? body : body.models || [];
+  } catch (err) {
+    models = [];
+    $("models-status").textContent = `Cannot list models: ${errorText(err)}`;
+  }
+  select.replaceChildren();
+  if (models.length === 0) {
+    select.append(new Option("no models yet: train one below", ""));
+    select.disabled = true;
+  } else {
+    select.disabled = false;
+    for (const m of models) {
+      const key = modelKey(m);
+      const labels = labelsOf(m);
+      const text = `${key.slice(0, 12)} · ${labels.join(", ")}${m.head ? ` · ${nameOf(m.head)}` : ""}`;
+      select.append(new Option(text, key));
+    }
+    const keys = models.map(modelKey);
+    select.value = keys.includes(previous) ? previous : keys.find((k) => previous && k.startsWith(previous)) || keys[0];
+  }
+  await showModel(select.value);
+}
+
+select.addEventListener("change", () => {
+  showModel(select.value);
+  resetPrediction();
+});
+
+// ---------- model section ----------
+
+let modelRequest = 0;
+
+async function showModel(key) {
+  const ticket = ++modelRequest;
+  clearError($("model-error"));
+  if (!key) {
+    $("model-details").hidden = true;
+    $("model-empty").hidden = false;
+    return;
+  }
+  let m;
+  try {
+    m = await api(`/v1/models/${encodeURIComponent(key)}`);
+  } catch (err) {
+    if (ticket !== modelRequest) return;
+    $("model-details").hidden = true;
+    showError($("model-error"), err);
+    return;
+  }
+  if (ticket !== modelRequest) return;  // a later selection won
+  $("model-empty").hidden = true;
+  $("model-details").hidden = false;
+  $("model-id").textContent = modelKey(m);
+  $("model-labels").textContent = labelsOf(m).join(", ");
+  $("model-backbone").textContent = nameOf(m.backbone ?? (m.config && m.config.backbone));
+  $("model-head").textContent = nameOf(m.head ?? (m.config && m.config.head));
+  const acc = accuracyOf(m);
+  $("model-accuracy").textContent = acc === null ? "no validation split" : pct(acc);
+  renderValidation((m.metrics && m.metrics.validation) || m.validation || null, labelsOf(m));
+}
+
+function cell(tag, text, attrs = {}) {
+  const el = document.createElement(tag);
+  el.textContent = text;
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+function renderValidation(v, modelLabels) {
+  const box = $("model-validation");
+  if (!v || !v.confusion_matrix) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  const labels = v.labels || modelLabels;
+  const fmt = (x) => (typeof x === "number" ? x.toFixed(3) : "–");
+
+  const tbody = $("per-class").tBodies[0];
+  tbody.replaceChildren();
+  for (const label of labels) {
+    const r = (v.per_class && v.per_class[label]) || {};
+    const tr = document.createElement("tr");
+    tr.append(cell("th", label, { scope: "row" }), cell("td", fmt(r.precision)), cell("td", fmt(r.recall)),
+      cell("td", fmt(r.f1)), cell("td", r.support ?? "–"));
+    tbody.append(tr);
+  }
+
+  const table = $("confusion");
+  table.replaceChildren();
+  const head = document.createElement("tr");
+  head.append(cell("th", "true \\ predicted", { scope: "col" }));
+  labels.forEach((l) => head.append(cell("th", l, { scope: "col" })));
+  const thead = document.createElement("thead");
+  thead.append(head);
+  const body = document.createElement("tbody");
+  const max = Math.max(1, ...v.confusion_matrix.flat());
+  v.confusion_matrix.forEach((row, i) => {
+    const tr = document.createElement("tr");
+    tr.append(cell("th", labels[i] ?? String(i), { scope: "row" }));
+    row.forEach((n, j) => {
+      const td = cell("td", String(n), { "data-count": String(n) });
+      const alpha = n / max;
+      const hue = i === j ? "34, 139, 84" : "200, 60, 50";  // green on the diagonal, red off it
+      td.style.backgroundColor = n ? `rgba(${hue}, ${(0.12 + 0.78 * alpha).toFixed(2)})` : "";
+      if (alpha > 0.55) td.classList.add("dark");
+      td.title = `true ${labels[i]}, predicted ${labels[j]}: ${n}`;
+      tr.append(td);
+    });
+    body.append(tr);
+  });
+  table.append(thead, body);
+}
+
+// ---------- predict ----------
+
+const fileInput = $("predict-file");
+const drop = $("drop-zone");
+const preview = $("preview");
+let previewUrl = null;
+let predictRequest = 0;
+
+function resetPrediction() {
+  $("predict-output").hidden = true;
+  clearError($("predict-error"));
+}
+
+function setPreview(file) {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = null;
+  preview.hidden = true;
+  preview.removeAttribute("src");
+  if (file && file.type.startsWith("image/")) {
+    previewUrl = URL.createObjectURL(file);
+    preview.src = previewUrl;
+  }
+}
+preview.addEventListener("load", () => { preview.hidden = false; });
+preview.addEventListener("error", () => { preview.hidden = true; });
+
+async function predict(file) {
+  const ticket = ++predictRequest;
+  resetPrediction();
+  setPreview(file);
+  const key = select.value;
+  if (!key) {
+    showError($("predict-error"), "No model selected: train one first.");
+    return;
+  }
+  $("predict-status").textContent = `Predicting ${file.name}…`;
+  $("predict-result").setAttribute("aria-busy", "true");
+  const form = new FormData();
+  form.append("images", file, file.name);
+  try {
+    const body = await api(`/v1/models/${encodeURIComponent(key)}/predict`, { method: "POST", body: form });
+    if (ticket !== predictRequest) return;
+    const p = (body.predictions || [body])[0];
+    if (!p) throw new ApiError("empty", "the server returned no prediction", 200);
+    if (p.error) throw new ApiError(p.error.code, p.error.message, 200);
+    renderPrediction(p, file.name);
+  } catch (err) {
+    if (ticket !== predictRequest) return;
+    $("predict-status").textContent = `No prediction for ${file.name}.`;
+    showError($("predict-error"), err);
+  } finally {
+    if (ticket === predictRequest) $("predict-result").setAttribute("aria-busy", "false");
+  }
+}
+
+function renderPrediction(p, name) {
+  $("predict-status").textContent = name;
+  $("predict-label").textContent = p.label;
+  $("predict-sha256").textContent = p.sha256 || "";
+  const list = $("predict-scores");
+  list.replaceChildren();
+  for (const [label, prob] of rankedScores(p.scores).slice(0, TOP_K)) {
+    const li = document.createElement("li");
+    li.dataset.label = label;
+    li.dataset.probability = String(prob);
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.setAttribute("aria-hidden", "true");
+    const fill = document.createElement("span");
+    fill.style.width = `${Math.max(0, Math.min(1, prob)) * 100}%`;
+    bar.append(fill);
+    li.append(cell("span", label, { class: "name" }), bar, cell("span", pct(prob), { class: "value" }));
+    list.append(li);
+  }
+  $("predict-output").hidden = false;
+}
+
+fileInput.addEventListener("change", () => {
+  if (fileInput.files.length) predict(fileInput.files[0]);
+  fileInput.value = "";  // choosing the same file again predicts again
+});
+for (const type of ["dragenter", "dragover"]) {
+  drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+}
+for (const type of ["dragleave", "drop"]) {
+  drop.addEventListener(type, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  const file = e.dataTransfer && e.dataTransfer.files[0];
+  if (file) predict(file);
+});
+
+// ---------- train ----------
+
+const trainForm = $("train-form");
+
+function showJob(job) {
+  $("train-job").hidden = false;
+  $("train-job-id").textContent = job.job_id || "";
+  $("train-status").textContent = (job.status || "").replace(/_/g, " ");
+  let progress = typeof job.progress === "number" ? job.progress : 0;
+  if (progress > 1) progress /= 100;  // tolerate a percentage
+  if (job.status === "ready") progress = 1;
+  const percent = Math.round(progress * 100);
+  $("train-progress").value = percent;
+  const stage = job.stage && job.stage !== job.status ? `· ${job.stage.replace(/_/g, " ")} ` : "";
+  $("train-stage").textContent = `${stage}· ${percent}%`;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function followJob(jobId, first) {
+  let job = first;
+  while (!job || !["ready", "error", "failed"].includes(job.status)) {
+    await sleep(POLL_MS);
+    job = await api(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    showJob(job);
+  }
+  return job;
+}
+
+trainForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearError($("train-error"));
+  const form = new FormData(trainForm);
+  for (const [key, value] of [...form.entries()]) {
+    if (typeof value === "string" && value.trim() === "") form.delete(key);  // let the server default it
+  }
+  const button = $("train-submit");
+  button.disabled = true;
+  try {
+    const started = await api("/v1/train", { method: "POST", body: form });
+    showJob({ status: "queued", ...started });
+    const done = await followJob(started.job_id, ["ready", "error"].includes(started.status) ? started : null);
+    if (done.status !== "ready") {
+      showError($("train-error"), done.error || "training failed");
+      return;
+    }
+    await loadModels(done.model_id || started.model_id || started.model_sha1);
+    resetPrediction();
+  } catch (err) {
+    showError($("train-error"), err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+loadModels();
