@@ -74,7 +74,7 @@ def test_server_killed_mid_training_resumes_the_job_on_restart(tmp_path: Path, c
             time.sleep(0.2)
         assert job["status"] == "ready", job
         assert job["attempts"] == 2
-        image = sorted((small_data / "sweater").iterdir())[0].read_bytes()
+        image = min((small_data / "sweater").iterdir()).read_bytes()
         predicted = httpx.post(f"{base}/v1/models/{job['model_id']}/predict", content=image,
                                headers={"Content-Type": "image/jpeg"}, timeout=30)
         assert predicted.status_code == 200, predicted.text
