@@ -11,7 +11,7 @@ import numpy as np
 
 from photolabel.backbones.base import Backbone
 from photolabel.cache import EmbeddingCache
-from photolabel.dataset import BadInput
+from photolabel.dataset import BadInput, ImageRecord
 from photolabel.errors import ImageError
 from photolabel.hashing import sha256_bytes
 from photolabel.images import DEFAULT_MAX_PIXELS, decode_image
@@ -157,3 +157,35 @@ def _prefetched_chunks(
         )
         yield [future.result() for future in pending]
         pending = following
+
+
+def embed_records(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    *,
+    cache: EmbeddingCache | None,
+    skip_bad: bool,
+    action: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[EmbeddingResult, list[BadInput]]:
+    """Embed a data set's records; returns the result and the images skipped.
+
+    Raises:
+        ImageError: an image could not be decoded and ``skip_bad`` is off; the message
+            names it, counts the others, and says that --skip-bad would ``action`` the rest.
+    """
+    embedded = embed_images(
+        [ImageInput(r.source, path=r.path, sha256=r.sha256) for r in records],
+        backbone, cache=cache, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+        progress=progress, on_progress=on_progress,
+    )
+    problems = [problem for _, problem in embedded.failures]
+    if problems and not skip_bad:
+        more = len(problems) - 1
+        tail = f" (and {more} more bad image{'s' if more > 1 else ''})" if more else ""
+        raise ImageError(f"{problems[0].reason}{tail}; use --skip-bad to {action} the rest")
+    return embedded, problems

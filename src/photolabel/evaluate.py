@@ -9,8 +9,8 @@ import numpy as np
 
 from photolabel.cache import EmbeddingCache, resolve_cache_dir
 from photolabel.dataset import BadInput, Dataset
-from photolabel.embedding import DEFAULT_BATCH_SIZE, ImageInput, embed_images
-from photolabel.errors import DataError, ImageError
+from photolabel.embedding import DEFAULT_BATCH_SIZE, embed_records
+from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
 from photolabel.fetch import FetchOptions
 from photolabel.model import Model, load_model
@@ -54,21 +54,11 @@ def evaluate(
         cache = EmbeddingCache(resolve_cache_dir(cache_dir if cache_dir is not None else model.cache_dir),
                                backbone.hash, backbone.embedding_dim)
         records = dataset.records
-        embedded = embed_images(
-            [ImageInput(r.source, path=r.path, sha256=r.sha256) for r in records],
-            backbone,
-            cache=cache,
-            batch_size=batch_size,
-            workers=threads or 2,
-            max_pixels=model.max_pixels,
-            progress=progress,
+        embedded, problems = embed_records(
+            records, backbone, cache=cache, skip_bad=skip_bad, action="evaluate", batch_size=batch_size,
+            workers=threads or 2, max_pixels=model.max_pixels, progress=progress,
         )
-        skipped: list[BadInput] = list(dataset.skipped)
-        if embedded.failures:
-            problems = [p for _, p in embedded.failures]
-            if not skip_bad:
-                raise ImageError(f"{problems[0].reason}; use --skip-bad to evaluate the rest")
-            skipped.extend(problems)
+        skipped: list[BadInput] = [*dataset.skipped, *problems]
         index = {label: k for k, label in enumerate(model.labels)}
         y_true = np.array([index[records[i].label] for i in embedded.indices], dtype=np.int64)
         probabilities = model.predict_embeddings(embedded.vectors)

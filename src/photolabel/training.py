@@ -23,8 +23,8 @@ from photolabel.artifact import write_model_dir
 from photolabel.backbones import check_backbone_name, get_backbone
 from photolabel.cache import EmbeddingCache, resolve_cache_dir
 from photolabel.dataset import BadInput, Dataset, ImageRecord, manifest_rows, manifest_sha256
-from photolabel.embedding import DEFAULT_BATCH_SIZE, ImageInput, embed_images
-from photolabel.errors import DataError, ImageError
+from photolabel.embedding import DEFAULT_BATCH_SIZE, embed_records
+from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
 from photolabel.fetch import FetchOptions
 from photolabel.hashing import sha256_bytes, sha256_json
@@ -254,23 +254,12 @@ def train(
                 )
             records = _union(old, records)
         skipped = list(dataset.skipped)
-        embedded = embed_images(
-            [ImageInput(r.source, path=r.path, sha256=r.sha256) for r in records],
-            extractor,
-            cache=cache,
-            batch_size=batch_size,
-            workers=threads or 2,
-            max_pixels=max_pixels,
-            progress=progress,
+        embedded, problems = embed_records(
+            records, extractor, cache=cache, skip_bad=skip_bad, action="train on", batch_size=batch_size,
+            workers=threads or 2, max_pixels=max_pixels, progress=progress,
             on_progress=lambda done, total: report("embedding", 0.05 + 0.85 * done / max(total, 1)),
         )
-        if embedded.failures:
-            problems = [problem for _, problem in embedded.failures]
-            if not skip_bad:
-                more = len(problems) - 1
-                tail = f" (and {more} more bad image{'s' if more > 1 else ''})" if more else ""
-                raise ImageError(f"{problems[0].reason}{tail}; use --skip-bad to train on the rest")
-            skipped.extend(problems)
+        skipped.extend(problems)
         good = [records[i] for i in embedded.indices]
         vectors = {r.sha256: v for r, v in zip(good, embedded.vectors)}
         _check_labels(good, labels)
