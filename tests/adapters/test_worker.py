@@ -419,3 +419,23 @@ def test_demo_script_runs(tmp_path: Path, cache_dir: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Model Successfully Trained" in done.stdout
     assert ">>> predict" in done.stdout and ">>> quit" in done.stdout
+
+
+def test_a_terminal_on_stdin_gets_a_prompt(tmp_path: Path, cache_dir: Path) -> None:
+    import pty
+
+    make_archive(tmp_path / "dataset.tar.gz", labelled({"blouse": (0, 10), "halter": (0, 10)}))
+    leader, follower = pty.openpty()
+    try:
+        worker = subprocess.Popen([sys.executable, "-m", "photolabel.adapters.cli", "worker", "-d", "dataset"],
+                                  stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                                  env={**os.environ, "PHOTOLABEL_CACHE_DIR": str(cache_dir)})
+        os.write(leader, b"help\nquit\n")
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert worker.returncode == 0
+    lines = out.decode().split("\n")
+    assert lines[0].startswith("ready: model ")
+    assert lines[1].startswith("photolabel> commands: predict IMAGE")
