@@ -14,14 +14,11 @@ from pathlib import Path
 
 from photolabel.hashing import sha256_json
 
-#: splits a record can carry; "auto" means "derive from the hash and the seed"
-SPLITS = ("train", "valid", "auto")
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     """One labelled image.
 
+    ``split`` is "train", "valid", or "auto" (derived later from the hash and the seed).
     ``source`` is the name the user gave it (a path relative to the data root, the
     CSV cell, a URL) and is what error messages show; ``path`` is a local file that
     holds the bytes (possibly in a temporary folder that lives as long as the

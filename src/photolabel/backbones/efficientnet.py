@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -231,5 +230,3 @@ def export_feature_onnx(variant: Variant) -> bytes:
         )
     return buffer.getvalue()
 
-
-VariantFactory = Callable[..., EfficientNetLite]
