@@ -14,6 +14,7 @@ from pathlib import Path
 
 from photolabel.hashing import sha256_json
 
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One labelled image.
