@@ -47,10 +47,9 @@ class EmbeddingCache:
         return self.folder / image_sha256[:2] / f"{image_sha256}.emb"
 
     def contains(self, image_sha256: str) -> bool:
-        """True when a valid entry exists (it is read and checked, not just looked up)."""
-        path = self._path(image_sha256)
+        """True when an entry of the right size exists (cheap: a stat; ``get`` checks the content)."""
         try:
-            return self._decode(path.read_bytes()) is not None
+            return self._path(image_sha256).stat().st_size == _HEADER.size + 4 * self.dim
         except FileNotFoundError:
             return False
 

@@ -11,7 +11,9 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from photolabel.errors import DataError
 from photolabel.hashing import sha256_json
 
 
@@ -41,8 +43,35 @@ class BadInput:
     reason: str
     code: str = "bad_input"
 
+    @property
+    def message(self) -> str:
+        """``source: reason``, without naming the source twice when the reason already starts with it."""
+        return self.reason if self.reason.startswith(self.source) else f"{self.source}: {self.reason}"
+
     def __str__(self) -> str:
-        return f"{self.source}: {self.reason}"
+        return self.message
+
+
+def parse_label_list(values: str | Sequence[Any] | None) -> tuple[str, ...] | None:
+    """Labels given as words separated by spaces or commas, in one string or several; None if none.
+
+    Raises:
+        DataError: a label is listed twice.
+    """
+    if values is None:
+        return None
+    chunks = [values] if isinstance(values, str) else values
+    names: list[str] = []
+    for chunk in chunks:
+        parts = chunk if isinstance(chunk, (tuple, list)) else (chunk,)
+        for part in parts:
+            names.extend(word for word in str(part).replace(",", " ").split() if word)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"classes: '{name}' is listed twice")
+        seen.add(name)
+    return tuple(names) or None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class ImageInput:
         if self.data is not None:
             return self.data
         if self.path is None:
-            raise ImageError(f"{self.source}: no bytes and no path")
+            raise ImageError(f"{self.source}: no image bytes here, and no valid cached embedding for {self.sha256}")
         try:
             return Path(self.path).read_bytes()
         except OSError as exc:
@@ -112,9 +113,8 @@ def embed_images(
             return _Prepared(index, item.sha256, None, BadInput(item.source, str(exc), exc.code))
 
     computed = 0
-    with progress_bar("embedding", len(todo), enabled=progress) as bar, ThreadPoolExecutor(
-        max_workers=max(1, workers), thread_name_prefix="photolabel-decode"
-    ) as pool:
+    pool = _decode_pool(max(1, workers))
+    with progress_bar("embedding", len(todo), enabled=progress) as bar:
         for chunk in _prefetched_chunks(pool, prepare, todo, batch_size):
             good = [p for p in chunk if p.error is None]
             for prepared in chunk:
@@ -141,6 +141,13 @@ def embed_images(
     )
     failures.sort(key=lambda pair: pair[0])
     return EmbeddingResult(stacked, indices, hashes, failures, computed, cached)
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_pool(workers: int) -> ThreadPoolExecutor:
+    """One decode pool per worker count for the process: the service embeds a batch per request,
+    and starting threads for each would sit on its hot path."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="photolabel-decode")
 
 
 def _prefetched_chunks(

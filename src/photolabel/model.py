@@ -14,6 +14,7 @@ from photolabel.backbones import Backbone, get_backbone
 from photolabel.dataset import BadInput
 from photolabel.embedding import DEFAULT_BATCH_SIZE, ImageInput, embed_images
 from photolabel.errors import ModelError, PhotolabelError
+from photolabel.fetch import DEFAULT_FETCH_OPTIONS, FetchOptions, fetch_many
 from photolabel.heads import Head, get_head_class
 from photolabel.images import DEFAULT_MAX_PIXELS
 
@@ -107,13 +108,25 @@ class Model:
         return self.head.predict_proba(np.asarray(vectors))
 
     def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                      progress: bool = False) -> list[Prediction | BadInput]:
-        """One result per input, in order: a :class:`Prediction`, or a :class:`BadInput` saying why not."""
+                      progress: bool = False, fetch_options: FetchOptions = DEFAULT_FETCH_OPTIONS,
+                      ) -> list[Prediction | BadInput]:
+        """One result per input, in order: a :class:`Prediction`, or a :class:`BadInput` saying why not.
+
+        Inputs are paths, ``file://`` or ``http(s)://`` URLs (downloaded concurrently with
+        ``fetch_options``), raw bytes, or :class:`ImageInput`.
+        """
         inputs: list[ImageInput | None] = []
         results: list[Prediction | BadInput | None] = [None] * len(images)
+        urls = {i: str(image) for i, image in enumerate(images)
+                if isinstance(image, str) and image.startswith(("http://", "https://"))}
+        bodies = dict(zip(urls, fetch_many(list(urls.values()), fetch_options, progress=progress))) if urls else {}
         for index, image in enumerate(images):
             try:
-                inputs.append(as_image_input(image))
+                body = bodies.get(index)
+                if isinstance(body, PhotolabelError):
+                    raise body
+                inputs.append(ImageInput(source=urls[index], data=body) if body is not None
+                              else as_image_input(image))
             except PhotolabelError as exc:
                 inputs.append(None)
                 results[index] = BadInput(_name_of(image), str(exc), exc.code)
@@ -149,7 +162,7 @@ class Model:
         results = self.predict_batch(images, **kwargs)
         for result in results:
             if isinstance(result, BadInput):
-                raise ImageError(result.reason if result.reason.startswith(result.source) else str(result))
+                raise ImageError(result.message)
         return results  # type: ignore[return-value]
 
     def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:

@@ -136,16 +136,9 @@ def read_image_source(item: str, fetch_options: FetchOptions = DEFAULT_FETCH_OPT
     unreachable URL or an unsupported scheme, :class:`DataError` for a folder or an
     unreadable file.
     """
-    scheme = _url_scheme(item)
-    if scheme in ("http", "https"):
+    if _url_scheme(item) in ("http", "https"):
         return fetch_url(item, fetch_options)
-    if scheme == "file":
-        path = _file_url_path(item)
-    elif scheme:
-        raise FetchError(f"cannot fetch {item}: unsupported URL scheme '{scheme}' (use http, https or file)")
-    else:
-        path = Path(item)
-    return _read_local(path, shown=item)
+    return _read_local(_local_path(item, FetchError, f"cannot fetch {item}"), shown=item)
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -204,16 +197,10 @@ def _check_classes(classes: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def _load_spec(loader: _Loader, spec: str) -> None:
-    scheme = _url_scheme(spec)
-    if scheme in ("http", "https"):
+    if _url_scheme(spec) in ("http", "https"):
         _load_remote(loader, spec)
         return
-    if scheme == "file":
-        path = _file_url_path(spec)
-    elif scheme:
-        raise DataError(f"{spec}: unsupported URL scheme '{scheme}' (use http, https or file)")
-    else:
-        path = Path(spec)
+    path = _local_path(spec, DataError, spec)
     if not path.exists():
         raise SourceNotFoundError(f"{spec}: no such file or folder")
     if path.is_dir():
@@ -502,6 +489,16 @@ def _assemble(loader: _Loader, shown: str, require_labels: bool) -> Dataset:
 
 
 # --- small helpers -----------------------------------------------------------------------
+
+
+def _local_path(item: str, error: type[PhotolabelError], shown: str) -> Path:
+    """A plain path or a ``file://`` URL as a path; any other scheme raises ``error`` naming it."""
+    scheme = _url_scheme(item)
+    if scheme == "file":
+        return _file_url_path(item)
+    if scheme:
+        raise error(f"{shown}: unsupported URL scheme '{scheme}' (use http, https or file)")
+    return Path(item)
 
 
 def _url_scheme(text: str) -> str | None:

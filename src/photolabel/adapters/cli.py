@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
+from photolabel.dataset import BadInput, parse_label_list
 from photolabel.errors import PhotolabelError
 
 EXIT_ERROR = 1
@@ -45,20 +46,6 @@ class GreedyOption(click.Option):
                 previous(word, state)
 
         option.process = process
-
-
-def _split_classes(values: Sequence[Any]) -> tuple[str, ...] | None:
-    names: list[str] = []
-    for value in values:
-        items = value if isinstance(value, (tuple, list)) else (value,)
-        for item in items:
-            names.extend(part for part in str(item).replace(",", " ").split() if part)
-    return tuple(names) or None
-
-
-def describe_bad(source: str, reason: str) -> str:
-    """``source: reason``, without naming the source twice when the reason already starts with it."""
-    return reason if reason.startswith(source) else f"{source}: {reason}"
 
 
 def fail(message: str) -> NoReturn:
@@ -159,13 +146,12 @@ def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fractio
         valid_fraction = 1.0 - share
     result = run_safely(lambda: train_model(
         data, out, backbone=backbone, head=head, seed=seed, valid_fraction=round(valid_fraction, 6),
-        classes=_split_classes(classes), base_model=base_model, threads=threads, cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size, fetch_options=_fetch_options(http_timeout, download_pool_size),
+        classes=parse_label_list(classes), base_model=base_model, threads=threads, cache_dir=cache_dir,
+        skip_bad=skip_bad, batch_size=batch_size, fetch_options=_fetch_options(http_timeout, download_pool_size),
         progress=_progress(quiet),
     ))
     for problem in result.skipped:
-        click.echo(f"warning: skipped {describe_bad(problem.source, problem.reason)}", err=True)
+        click.echo(f"warning: skipped {problem.message}", err=True)
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
         return
@@ -204,35 +190,20 @@ def predict(model_dir: Path, images: Sequence[str], top_k: int | None, as_json: 
             cache_dir: Path | None, batch_size: int, http_timeout: float, download_pool_size: int,
             quiet: bool) -> None:
     """Label IMAGES (files, folders, globs, file:// or http(s):// URLs) with the model in MODEL_DIR."""
-    from photolabel.dataset import BadInput
-    from photolabel.embedding import ImageInput
     from photolabel.model import load_model
-    from photolabel.sources import read_image_source
 
     model = run_safely(lambda: load_model(model_dir, threads=threads, cache_dir=cache_dir))
-    options = _fetch_options(http_timeout, download_pool_size)
-    inputs: list[Any] = []
-    for item in _expand_each(images):
-        if isinstance(item, BadInput):
-            inputs.append(item)
-        elif item.startswith(("http://", "https://")):
-            try:
-                inputs.append(ImageInput(source=item, data=read_image_source(item, options)))
-            except PhotolabelError as exc:
-                inputs.append(BadInput(item, str(exc), exc.code))
-        elif item.startswith("file://"):
-            inputs.append(item)
-        else:
-            inputs.append(ImageInput(source=item, path=Path(item)))
+    inputs = list(_expand_each(images))  # a name, or a BadInput for an argument that expands to nothing
     live = [x for x in inputs if not isinstance(x, BadInput)]
-    results_live = iter(run_safely(lambda: model.predict_batch(live, batch_size=batch_size,
-                                                               progress=_progress(quiet))))
+    results_live = iter(run_safely(lambda: model.predict_batch(
+        live, batch_size=batch_size, progress=_progress(quiet),
+        fetch_options=_fetch_options(http_timeout, download_pool_size))))
     failed = 0
     for item in inputs:
         result = item if isinstance(item, BadInput) else next(results_live)
         if isinstance(result, BadInput):
             failed += 1
-            reason = describe_bad(result.source, result.reason)
+            reason = result.message
             if as_json:
                 click.echo(json.dumps({"image": result.source, "error": {"code": result.code, "message": reason}}))
             click.echo(f"error: {reason}", err=True)
@@ -250,7 +221,6 @@ def predict(model_dir: Path, images: Sequence[str], top_k: int | None, as_json: 
 
 def _expand_each(images: Sequence[str]) -> list[Any]:
     """Each IMAGE argument expanded; one that names nothing becomes a BadInput, so the rest still run."""
-    from photolabel.dataset import BadInput
     from photolabel.sources import expand_image_args
 
     items: list[Any] = []
@@ -282,7 +252,7 @@ def evaluate(model_dir: Path, data: str, as_json: bool, report_dir: Path | None,
         fetch_options=_fetch_options(http_timeout, download_pool_size), progress=_progress(quiet),
     ))
     for problem in metrics["skipped"]:
-        click.echo(f"warning: skipped {describe_bad(problem['image'], problem['reason'])}", err=True)
+        click.echo(f"warning: skipped {BadInput(problem['image'], problem['reason']).message}", err=True)
     if report_dir is not None:
         written = run_safely(lambda: write_report(metrics, report_dir, title=f"{model_dir} on {data}"))
         if not as_json:
@@ -403,9 +373,9 @@ def heads() -> None:
 def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, seed: int, backbone: str,
            head: str, threads: int | None, cache_dir: Path | None) -> None:
     """A long-lived classifier on stdin/stdout (seed 000): predict IMAGE | train TRAIN VALID | info | help | quit."""
-    from photolabel.adapters.worker import WorkerSettings, run_worker, worker_options
+    from photolabel.adapters.worker import WorkerSettings, run_worker
 
-    names = run_safely(lambda: worker_options(classes))
+    names = run_safely(lambda: parse_label_list(classes)) or ()
     settings = WorkerSettings(dataset=dataset, classes=names, work_dir=work_dir, seed=seed, backbone=backbone,
                               head=head, threads=threads, cache_dir=cache_dir)
     sys.exit(run_worker(settings, as_json=as_json))

@@ -21,13 +21,12 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from photolabel.dataset import Dataset
-from photolabel.errors import DataError, PhotolabelError, SourceNotFoundError
+from photolabel.errors import PhotolabelError, SourceNotFoundError
 from photolabel.model import Model, load_model
 
 READY_TEXT = "ready"
@@ -170,8 +169,7 @@ class WorkerSession:
 
         (result,) = self.model.predict_batch([image])
         if isinstance(result, BadInput):
-            message = result.reason if result.reason.startswith(result.source) else str(result)
-            return {"ok": False, "error": {"code": result.code, "message": message}}
+            return {"ok": False, "error": {"code": result.code, "message": result.message}}
         return {"ok": True, "label": result.label, "scores": result.scores, "model_id": result.model_id,
                 "image": result.image, "sha256": result.sha256}
 
@@ -324,12 +322,3 @@ def _silence(stdout: TextIO) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stdout.fileno())
         os.close(devnull)
-
-
-def worker_options(values: Sequence[Any]) -> tuple[str, ...]:
-    names: list[str] = []
-    for value in values:
-        names.extend(part for part in str(value).replace(",", " ").split() if part)
-    if len(set(names)) != len(names):
-        raise DataError(f"-c lists a class twice: {' '.join(names)}")
-    return tuple(names)

@@ -47,7 +47,7 @@ from photolabel.artifact import read_model_dir
 from photolabel.backbones import check_backbone_name, get_backbone
 from photolabel.backbones.efficientnet import BackboneUnavailableError
 from photolabel.cache import resolve_cache_dir
-from photolabel.dataset import BadInput
+from photolabel.dataset import BadInput, parse_label_list
 from photolabel.embedding import ImageInput
 from photolabel.errors import (
     DataError,
@@ -607,8 +607,7 @@ def _fetch(url: str, service: Service) -> bytes:
 
 def _prediction_entry(result: Prediction | BadInput) -> dict[str, Any]:
     if isinstance(result, BadInput):
-        message = result.reason if result.reason.startswith(result.source) else f"{result.source}: {result.reason}"
-        return {"image": result.source, "error": {"code": result.code, "message": message}}
+        return {"image": result.source, "error": {"code": result.code, "message": result.message}}
     return {"image": result.image, "sha256": result.sha256, "label": result.label, "scores": result.scores}
 
 
@@ -662,13 +661,11 @@ def _upload_suffix(filename: str) -> str:
 
 
 def _split_classes(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    names = [part for part in text.replace(",", " ").split() if part]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise InvalidRequestError(f"classes: '{duplicates[0]}' is listed twice")
-    return names or None
+    try:
+        names = parse_label_list(text)
+    except DataError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    return list(names) if names else None
 
 
 def _check_names(backbone: str, head: str) -> None:

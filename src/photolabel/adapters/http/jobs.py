@@ -340,8 +340,7 @@ def run_job(
         try:
             result = train(dataset, model_dir_for(data_dir, job_id), backbone=spec.backbone, head=spec.head,
                            seed=spec.seed, valid_fraction=spec.valid_fraction, threads=threads,
-                           cache_dir=cache_dir, skip_bad=spec.skip_bad, fetch_options=fetch_options,
-                           on_progress=progress)
+                           cache_dir=cache_dir, skip_bad=spec.skip_bad, on_progress=progress)
         finally:
             dataset.close()
     except PhotolabelError as exc:
