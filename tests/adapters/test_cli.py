@@ -536,3 +536,38 @@ def test_train_refuses_an_out_folder_that_is_not_a_model(tmp_path: Path, small_d
     assert_one_error(result, str(out), "choose another --out")
     assert [path.name for path in out.iterdir()] == ["todo.txt"]
     assert (out / "todo.txt").read_text() == "keep me\n"
+
+
+def test_progress_bar_shows_on_a_terminal_and_not_on_a_pipe(tmp_path: Path, small_data: Path,
+                                                            cache_dir: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "photolabel.adapters.cli", "train", str(small_data), "--out"]
+    def env(name: str) -> dict[str, str]:  # a cold cache each time, so every run has embeddings to compute
+        return {**os.environ, "PHOTOLABEL_CACHE_DIR": str(tmp_path / f"cache-{name}")}
+
+    leader, follower = pty.openpty()
+    try:
+        shown = subprocess.run([*command, str(tmp_path / "a")], stderr=follower, stdout=subprocess.PIPE,
+                               env=env("a"), timeout=300)
+        os.close(follower)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(leader)
+    assert shown.returncode == 0 and b"embedding" in screen
+    piped = subprocess.run([*command, str(tmp_path / "b"), "--quiet"], capture_output=True, env=env("b"),
+                           timeout=300)
+    assert piped.returncode == 0 and piped.stderr == b""
+    quiet_pipe = subprocess.run([*command, str(tmp_path / "c")], capture_output=True, env=env("c"), timeout=300)
+    assert quiet_pipe.returncode == 0 and b"embedding" not in quiet_pipe.stderr
