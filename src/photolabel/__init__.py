@@ -11,7 +11,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from photolabel.backbones import get_backbone, list_backbones
+from photolabel.config import Runtime, TrainConfig
 from photolabel.errors import (
+    ConfigError,
     DataError,
     FetchError,
     HashMismatchError,
@@ -24,9 +26,10 @@ from photolabel.errors import (
 from photolabel.evaluate import evaluate
 from photolabel.heads import list_heads
 from photolabel.model import Model, Prediction, load_model
-from photolabel.training import TrainConfig, TrainResult, train
+from photolabel.training import TrainResult, train
 
 __all__ = [
+    "ConfigError",
     "DataError",
     "FetchError",
     "HashMismatchError",
@@ -35,6 +38,7 @@ __all__ = [
     "ModelError",
     "PhotolabelError",
     "Prediction",
+    "Runtime",
     "SourceNotFoundError",
     "TrainConfig",
     "TrainResult",

@@ -12,23 +12,29 @@ import numpy as np
 
 from photolabel.backbones.base import Backbone
 from photolabel.cache import EmbeddingCache
+from photolabel.config import RUNTIME_DEFAULTS, Runtime
 from photolabel.dataset import BadInput, ImageRecord
 from photolabel.errors import ImageError
 from photolabel.hashing import sha256_bytes
 from photolabel.images import DEFAULT_MAX_PIXELS, decode_image
 from photolabel.progress import progress_bar
 
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = RUNTIME_DEFAULTS.batch_size  # the default is written in config.Runtime
 
 
 @dataclass(frozen=True)
 class ImageInput:
-    """An image to embed: bytes in memory or a local file, plus the name errors show."""
+    """An image to embed: bytes in memory, a local file, or decoded RGB pixels, plus the name errors show.
+
+    ``pixels`` is an RGB ``uint8`` array (H, W, 3) that skips decoding; its sha256 is taken
+    over its shape and bytes (no file exists to hash).
+    """
 
     source: str
     path: Path | None = None
     data: bytes | None = None
     sha256: str | None = None
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -101,6 +107,9 @@ def embed_images(
     def prepare(index: int) -> _Prepared:
         item = inputs[index]
         try:
+            if item.pixels is not None:
+                pixels = check_pixels(item.pixels, item.source)  # an ImageInput built by hand is not checked yet
+                return _Prepared(index, pixels_sha256(pixels), backbone.prepare(pixels), None)
             data = item.read()
             digest = sha256_bytes(data)
             if item.sha256 is not None and digest != item.sha256:
@@ -143,6 +152,22 @@ def embed_images(
     return EmbeddingResult(stacked, indices, hashes, failures, computed, cached)
 
 
+def pixels_sha256(pixels: np.ndarray) -> str:
+    """The content hash of decoded pixels: sha256 over ``HxWx3:`` and the bytes."""
+    height, width, channels = pixels.shape
+    return sha256_bytes(f"{height}x{width}x{channels}:".encode() + np.ascontiguousarray(pixels).tobytes())
+
+
+def check_pixels(array: object, source: str) -> np.ndarray:
+    """``array`` as RGB ``uint8`` (H, W, 3), or an :class:`ImageError` saying what it is instead."""
+    if not isinstance(array, np.ndarray):
+        raise ImageError(f"{source}: expected a numpy array, got {type(array).__name__}")
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or 0 in array.shape:
+        raise ImageError(f"{source}: expected an RGB uint8 array of shape (height, width, 3), "
+                         f"got {array.dtype} of shape {array.shape}")
+    return array
+
+
 @functools.lru_cache(maxsize=8)
 def _decode_pool(workers: int) -> ThreadPoolExecutor:
     """One decode pool per worker count for the process: the service embeds a batch per request,
@@ -172,27 +197,23 @@ def embed_records(
     *,
     cache: EmbeddingCache | None,
     skip_bad: bool,
-    action: str,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = 2,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: bool = False,
+    runtime: Runtime = RUNTIME_DEFAULTS,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[EmbeddingResult, list[BadInput]]:
     """Embed a data set's records; returns the result and the images skipped.
 
     Raises:
         ImageError: an image could not be decoded and ``skip_bad`` is off; the message
-            names it, counts the others, and says that --skip-bad would ``action`` the rest.
+            names it and counts the others; its ``remedy`` is "skip_bad".
     """
     embedded = embed_images(
         [ImageInput(r.source, path=r.path, sha256=r.sha256) for r in records],
-        backbone, cache=cache, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-        progress=progress, on_progress=on_progress,
+        backbone, cache=cache, batch_size=runtime.batch_size, workers=runtime.workers,
+        max_pixels=runtime.max_pixels, progress=runtime.progress, on_progress=on_progress,
     )
     problems = [problem for _, problem in embedded.failures]
     if problems and not skip_bad:
         more = len(problems) - 1
         tail = f" (and {more} more bad image{'s' if more > 1 else ''})" if more else ""
-        raise ImageError(f"{problems[0].reason}{tail}; use --skip-bad to {action} the rest")
+        raise ImageError(f"{problems[0].reason}{tail}", remedy="skip_bad")
     return embedded, problems

@@ -9,10 +9,41 @@ from __future__ import annotations
 
 
 class PhotolabelError(Exception):
-    """Root of every error photolabel raises on purpose."""
+    """Root of every error photolabel raises on purpose.
+
+    The message says what is wrong in words any surface can show. ``remedy`` names a
+    remedy the user may have (``"skip_bad"``, ``"out"``, ``"classes"``, ``"head_only"``);
+    each adapter words it in its own terms (a CLI flag, a request field) or leaves it out.
+    """
 
     #: short machine-readable code, used by adapters (CLI, HTTP, worker)
     code = "error"
+    remedy: str | None = None
+
+    def __init__(self, *args: object, remedy: str | None = None) -> None:
+        super().__init__(*args)
+        if remedy is not None:
+            self.remedy = remedy
+
+
+class ConfigError(PhotolabelError, ValueError):
+    """A setting out of its range or of the wrong type (seed, valid fraction, head parameter).
+
+    ``field`` names the setting, so each adapter can point at its own spelling of it
+    (a command-line flag, a form field, a worker option).
+    """
+
+    code = "invalid_config"
+
+    def __init__(self, message: str, *, field: str | None = None, remedy: str | None = None) -> None:
+        super().__init__(message, remedy=remedy)
+        self.field = field
+
+
+class UnknownNameError(ConfigError):
+    """An unknown backbone or head name; the message lists the known ones."""
+
+    code = "unknown_name"
 
 
 class DataError(PhotolabelError, ValueError):
@@ -75,12 +106,6 @@ class ModelError(PhotolabelError, ValueError):
     code = "bad_model"
 
 
-class UnknownNameError(PhotolabelError, ValueError):
-    """An unknown backbone or head name; the message lists the known ones."""
-
-    code = "unknown_name"
-
-
 class ExportError(PhotolabelError, ValueError):
     """A model that cannot be exported in the requested form."""
 
@@ -91,3 +116,21 @@ class OutputError(PhotolabelError, OSError):
     """The place the user asked us to write to cannot be written."""
 
     code = "cannot_write"
+
+
+class AccessDeniedError(FetchError):
+    """A URI the storage refused us: credentials refused, or no permission for the object."""
+
+    code = "access_denied"
+
+
+class UnsupportedSchemeError(FetchError):
+    """A URI whose scheme has no storage back-end, or an operation its back-end cannot do."""
+
+    code = "unsupported_scheme"
+
+
+class MissingDependencyError(PhotolabelError, ImportError):
+    """A URI scheme whose back-end package is not installed; the message says what to install."""
+
+    code = "missing_dependency"

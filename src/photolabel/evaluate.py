@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from photolabel.cache import EmbeddingCache, resolve_cache_dir
+from photolabel.config import RUNTIME_DEFAULTS, Runtime, merge_overrides
 from photolabel.dataset import BadInput, Dataset
-from photolabel.embedding import DEFAULT_BATCH_SIZE, embed_records
+from photolabel.embedding import embed_records
 from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
 from photolabel.fetch import FetchOptions
@@ -19,29 +20,32 @@ from photolabel.model import Model, load_model
 def evaluate(
     model: Model | str | Path,
     data: str | Path | Dataset,
+    runtime: Runtime | None = None,
     *,
+    skip_bad: bool = False,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     fetch_options: FetchOptions | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on every labelled image in ``data`` (any layout ``train`` accepts).
 
     Returns the dict of :func:`photolabel.evaluation.classification_metrics` plus
     ``model_id`` and ``skipped``. Labels in ``data`` that the model does not know
-    are an error naming them.
+    are an error naming them. The keyword arguments override single fields of ``runtime``.
     """
+    runtime = merge_overrides(runtime or RUNTIME_DEFAULTS, threads=threads, cache_dir=cache_dir,
+                              batch_size=batch_size, fetch=fetch_options, progress=progress)
     if not isinstance(model, Model):
-        model = load_model(model, threads=threads, cache_dir=cache_dir)
+        model = load_model(model, runtime=runtime)
     if isinstance(data, Dataset):
         dataset, owned = data, False
     else:
         from photolabel.sources import load_dataset
 
-        dataset = load_dataset(data, skip_bad=skip_bad, fetch_options=fetch_options or FetchOptions(),
-                               progress=progress, require_labels=False)
+        dataset = load_dataset(data, skip_bad=skip_bad, fetch_options=runtime.fetch,
+                               progress=runtime.progress, require_labels=False)
         owned = True
     try:
         unknown = sorted({r.label for r in dataset.records} - set(model.labels))
@@ -51,13 +55,11 @@ def evaluate(
                 f"(it knows {', '.join(model.labels)})"
             )
         backbone = model.backbone
-        cache = EmbeddingCache(resolve_cache_dir(cache_dir if cache_dir is not None else model.cache_dir),
+        cache = EmbeddingCache(resolve_cache_dir(runtime.cache_dir or model.cache_dir),
                                backbone.hash, backbone.embedding_dim)
         records = dataset.records
-        embedded, problems = embed_records(
-            records, backbone, cache=cache, skip_bad=skip_bad, action="evaluate", batch_size=batch_size,
-            workers=threads or 2, max_pixels=model.max_pixels, progress=progress,
-        )
+        embedded, problems = embed_records(records, backbone, cache=cache, skip_bad=skip_bad,
+                                           runtime=runtime.replace(max_pixels=model.max_pixels))
         skipped: list[BadInput] = [*dataset.skipped, *problems]
         index = {label: k for k, label in enumerate(model.labels)}
         y_true = np.array([index[records[i].label] for i in embedded.indices], dtype=np.int64)

@@ -36,7 +36,8 @@ def export_onnx(model: Model, out: str | Path, *, head_only: bool = False) -> Pa
         if onnx_path is None:
             raise ExportError(
                 f"backbone {backbone.name!r} computes its features in numpy and has no ONNX graph; "
-                "export the head alone with --head-only and compute the features with photolabel"
+                "only the head can be exported (the features are then computed with photolabel)",
+                remedy="head_only",
             )
         backbone_graph = onnx.load(str(onnx_path()))
         combined = _merge(backbone_graph, head_graph)
@@ -45,8 +46,8 @@ def export_onnx(model: Model, out: str | Path, *, head_only: bool = False) -> Pa
     for key, value in (
         ("labels", "\n".join(model.labels)),
         ("model_id", model.model_id),
-        ("backbone", model.info["backbone"]["name"]),
-        ("input_size", "x".join(str(v) for v in model.info["backbone"]["preprocessing"]["image_size"])),
+        ("backbone", model.card.backbone.name),
+        ("input_size", "x".join(str(v) for v in model.card.backbone.image_size)),
     ):
         entry = combined.metadata_props.add()
         entry.key, entry.value = key, value

@@ -1,8 +1,8 @@
 """Fetch http(s) URLs with caps: size, redirects, time, and optionally no private addresses.
 
 Only the standard library is used. Every failure is a :class:`~photolabel.errors.FetchError`
-whose one-line message names the URL and the cause. ``file://`` URLs are not handled here:
-:mod:`photolabel.sources` reads them as local paths.
+whose one-line message names the URL and the cause. Callers reach it through
+:mod:`photolabel.storage`, which serves ``file://``, paths and the other schemes.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from photolabel.errors import FetchError, FetchTooLargeError
 from photolabel.progress import progress_bar
@@ -26,6 +27,9 @@ from photolabel.progress import progress_bar
 _CHUNK = 1 << 16
 _SCHEMES = ("http", "https")
 _USER_AGENT = "photolabel"
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -98,21 +102,31 @@ def fetch_each(
     Results are yielded in completion order, so a caller that writes each body to disk
     keeps at most a pool's worth of bodies in memory. Failures are yielded, not raised.
     """
-    if not urls:
+    return each_concurrently(partial(_fetch_or_error, options=options), urls, options.pool_size, progress=progress)
+
+
+def each_concurrently(
+    work: Callable[[_Item], _Result], items: Sequence[_Item], pool_size: int, *, progress: bool = False
+) -> Iterator[tuple[int, _Result]]:
+    """Run ``work`` on each item, ``pool_size`` at a time; yield ``(index, result)`` as each finishes.
+
+    ``work`` should return its failures rather than raise them (an exception it raises
+    ends the iteration). The pool is made per call and dropped on early exit: the items
+    not started yet are cancelled, running ones end on their own.
+    """
+    if not items:
         return
-    workers = min(options.pool_size, len(urls))
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="photolabel-fetch")
+    executor = ThreadPoolExecutor(max_workers=min(pool_size, len(items)), thread_name_prefix="photolabel-fetch")
     try:
-        with progress_bar("download", len(urls), enabled=progress) as bar:
-            pending: dict[Future[bytes | FetchError], int] = {
-                executor.submit(_fetch_or_error, url, options): index for index, url in enumerate(urls)
+        with progress_bar("download", len(items), enabled=progress) as bar:
+            pending: dict[Future[_Result], int] = {
+                executor.submit(work, item): index for index, item in enumerate(items)
             }
             for future in as_completed(list(pending)):
                 index = pending.pop(future)
                 bar.advance()
                 yield index, future.result()
     finally:
-        # On early exit, drop the downloads not started yet; running ones end on their own.
         executor.shutdown(wait=False, cancel_futures=True)
 
 

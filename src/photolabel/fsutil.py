@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Local files: atomic writes (a reader sees the old file or the new one, never half of one), file:// URLs."""
 
 from __future__ import annotations
 
@@ -28,3 +28,20 @@ def atomic_write_bytes(target: str | Path, data: bytes, *, fsync: bool = True) -
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def file_url_path(url: str) -> Path:
+    """The local path a ``file://`` URL names (``file:///x``, ``file://localhost/x``).
+
+    Raises:
+        DataError: the URL names a host, so it is not a local file.
+    """
+    import urllib.parse
+    import urllib.request
+
+    from photolabel.errors import DataError
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise DataError(f"{url}: a file:// URL must name a local file (no host)")
+    return Path(urllib.request.url2pathname(parts.path))

@@ -12,10 +12,12 @@ same embeddings give the same bytes.
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from photolabel.errors import ModelError, UnknownNameError
+from photolabel.errors import ConfigError, DataError, ModelError, UnknownNameError
 
 HEAD_INPUT = "embedding"
 HEAD_OUTPUT = "probabilities"
@@ -32,18 +34,152 @@ ONNX_ML_OPSET = 3
 ONNX_IR_VERSION = 8
 
 
+@dataclass(frozen=True)
+class Param:
+    """What values a head hyperparameter accepts (scikit-learn's ``_parameter_constraints`` habit).
+
+    ``kind`` is int, float, str or bool. Numbers must lie in ``[low, high]`` (an end is
+    open when ``low_open``/``high_open``); ``choices`` lists accepted words (for a str
+    parameter, the only values; for a number, words accepted besides numbers, such as
+    ``"auto"``); ``none`` accepts None (written ``none`` on a command line).
+    """
+
+    kind: type
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    none: bool = False
+
+    def describe(self) -> str:
+        """The accepted values in words: ``float in (0, inf)``, ``one of rbf, linear``, ..."""
+        parts: list[str] = []
+        if self.kind in (int, float):
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            left = "(" if self.low_open or self.low is None else "["
+            right = ")" if self.high_open or self.high is None else "]"
+            parts.append(f"{self.kind.__name__} in {left}{low}, {high}{right}")
+        elif self.kind is bool:
+            parts.append("true or false")
+        if self.choices:
+            parts.append(("one of " if self.kind is str else "") + ", ".join(self.choices))
+        if self.none:
+            parts.append("none")
+        return " or ".join(parts)
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` (a Python value, or text from a command line or a form) in its checked, typed form.
+
+        Raises:
+            ConfigError: the value has the wrong type or lies outside the range; the message
+                names the parameter and says what it accepts.
+        """
+        given = value  # errors show what was given, not its converted form
+        if isinstance(value, str):
+            value = self._parse(name, value.strip())
+        if value is None:
+            if self.none:
+                return None
+            raise self._error(name, given)
+        if isinstance(value, str):
+            if value in self.choices:
+                return value
+            raise self._error(name, given)
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise self._error(name, given)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or self.kind is str:
+            raise self._error(name, given)
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise self._error(name, given)
+            value = int(value)
+        else:
+            value = float(value)
+            if value != value:  # NaN
+                raise self._error(name, given)
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise self._error(name, given)
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            raise self._error(name, given)
+        return value
+
+    def _parse(self, name: str, text: str) -> Any:
+        if self.none and text.lower() in ("none", "null"):
+            return None
+        if text in self.choices:
+            return text
+        if self.kind is bool:
+            lowered = text.lower()
+            if lowered in ("true", "yes", "1", "on"):
+                return True
+            if lowered in ("false", "no", "0", "off"):
+                return False
+            raise self._error(name, text)
+        if self.kind in (int, float):
+            try:
+                return float(text) if self.kind is float or not text.lstrip("+-").isdigit() else int(text)
+            except ValueError:
+                raise self._error(name, text) from None
+        return text
+
+    def _error(self, name: str, value: Any) -> ConfigError:
+        shown = value if isinstance(value, str) else repr(value)
+        return ConfigError(f"head parameter {name}={shown}: expected {self.describe()}", field=name)
+
+
 class Head(ABC):
-    """A classifier on embeddings: ``fit`` returns self, ``predict_proba`` gives (N, C)."""
+    """A classifier on embeddings: ``fit`` returns self, ``predict_proba`` gives (N, C).
+
+    Hyperparameters are the keyword arguments of ``__init__`` besides ``seed``, each with
+    a :class:`Param` in ``constraints``; :meth:`get_params` reads them back (scikit-learn's
+    habit). ``version`` changes whenever a head's fitting or storage changes what a model
+    holds; it enters the model id, as a backbone's hash does.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    version: ClassVar[int] = 1
+    constraints: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, *, seed: int = 1234) -> None:
         self.seed = seed
 
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The hyperparameters, from ``__init__``'s signature, in their written order."""
+        signature = inspect.signature(cls.__init__)
+        return [name for name, p in signature.parameters.items()
+                if name not in ("self", "seed") and p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        signature = inspect.signature(cls.__init__)
+        return {name: signature.parameters[name].default for name in cls.param_names()}
+
+    @classmethod
+    def check_params(cls, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Every hyperparameter, given ones checked and typed, the others at their defaults.
+
+        Raises:
+            ConfigError: an unknown name (the message lists the known ones) or a bad value.
+        """
+        params = cls.default_params()
+        for name, value in (given or {}).items():
+            if name not in params:
+                known = ", ".join(params) or "none"
+                raise ConfigError(f"head {cls.name!r} has no parameter {name!r}; its parameters: {known}",
+                                  field=name)
+            params[name] = cls.constraints[name].check(name, value)
+        return params
+
     def get_params(self) -> dict[str, Any]:
-        """Hyperparameters, written into the model's config."""
-        return {}
+        """Hyperparameters (defaults included), written into model.json and hashed into the model id."""
+        return {name: getattr(self, name) for name in self.param_names()}
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> Head: ...
@@ -71,8 +207,15 @@ _HEADS: dict[str, type[Head]] = {}
 
 
 def register_head(cls: type[Head]) -> type[Head]:
+    """Class decorator: make ``cls`` available under ``cls.name``.
+
+    Raises ``ValueError`` for a taken name or a hyperparameter without a :class:`Param`.
+    """
     if cls.name in _HEADS:
         raise ValueError(f"head {cls.name!r} is already registered")
+    missing = [name for name in cls.param_names() if name not in cls.constraints]
+    if missing:
+        raise ValueError(f"head {cls.name!r}: no Param in constraints for {', '.join(missing)}")
     _HEADS[cls.name] = cls
     return cls
 
@@ -86,13 +229,20 @@ def describe_heads() -> dict[str, str]:
 
 
 def get_head_class(name: str) -> type[Head]:
+    """The head class registered as ``name``.
+
+    Raises:
+        UnknownNameError: no such head; the message lists the known ones.
+    """
     if name not in _HEADS:
-        raise UnknownNameError(f"unknown head {name!r}; known heads: {', '.join(list_heads())}")
+        raise UnknownNameError(f"unknown head {name!r}; known heads: {', '.join(list_heads())}", field="head")
     return _HEADS[name]
 
 
-def make_head(name: str, *, seed: int) -> Head:
-    return get_head_class(name)(seed=seed)
+def make_head(name: str, *, seed: int, params: Mapping[str, Any] | None = None) -> Head:
+    """An unfitted head ``name`` with ``params`` (checked; missing ones at their defaults)."""
+    cls = get_head_class(name)
+    return cls(seed=seed, **cls.check_params(params))
 
 
 def _single_thread() -> Any:
@@ -120,14 +270,15 @@ class LogisticHead(Head):
 
     name = "logistic"
     summary = "multinomial logistic regression (default): fast, calibrated, exportable"
+    constraints: ClassVar[dict[str, Param]] = {
+        "C": Param(float, "inverse of the L2 regularisation strength", low=0.0, low_open=True),
+        "max_iter": Param(int, "most lbfgs iterations", low=1, high=1_000_000),
+    }
 
     def __init__(self, *, seed: int = 1234, C: float = 1.0, max_iter: int = 2000) -> None:
         super().__init__(seed=seed)
         self.C = C
         self.max_iter = max_iter
-
-    def get_params(self) -> dict[str, Any]:
-        return {"C": self.C, "max_iter": self.max_iter}
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> LogisticHead:
         from sklearn.linear_model import LogisticRegression
@@ -165,7 +316,7 @@ class LogisticHead(Head):
 
     @classmethod
     def load(cls, folder: Path, meta: dict[str, Any]) -> LogisticHead:
-        head = cls(seed=meta.get("seed", 0), **meta.get("params", {}))
+        head = cls(seed=meta.get("seed", 0), **cls.check_params(meta.get("params")))
         head.coef_ = np.load(folder / "coef.npy", allow_pickle=False)
         head.intercept_ = np.load(folder / "intercept.npy", allow_pickle=False)
         if head.coef_.ndim != 2 or head.intercept_.shape != (head.coef_.shape[0],):
@@ -198,8 +349,9 @@ class LogisticHead(Head):
 class SklearnOnnxHead(Head):
     """A scikit-learn estimator (after standardisation), stored as ONNX via skl2onnx."""
 
+    @abstractmethod
     def make_estimator(self) -> Any:
-        raise NotImplementedError
+        """The scikit-learn estimator, configured from this head's hyperparameters and seed."""
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> SklearnOnnxHead:
         from skl2onnx import to_onnx
@@ -247,7 +399,7 @@ class SklearnOnnxHead(Head):
 
     @classmethod
     def load(cls, folder: Path, meta: dict[str, Any]) -> SklearnOnnxHead:
-        head = cls(seed=meta.get("seed", 0))
+        head = cls(seed=meta.get("seed", 0), **cls.check_params(meta.get("params")))
         head.onnx_bytes_ = (folder / "head.onnx").read_bytes()
         head._session = None
         return head
@@ -323,54 +475,135 @@ def _canonical_names(model: onnx.ModelProto) -> None:
     walk(top, False)
 
 
-def _sklearn_head(name: str, summary: str, build: Callable[[int], Any]) -> type[Head]:
-    head_cls = type(
-        f"{name.capitalize()}Head",
-        (SklearnOnnxHead,),
-        {"name": name, "summary": summary, "make_estimator": lambda self: build(self.seed)},
-    )
-    return register_head(head_cls)
+_POSITIVE = {"low": 0.0, "low_open": True}
 
 
-def _rf(seed: int) -> Any:
-    from sklearn.ensemble import RandomForestClassifier
+@register_head
+class RfHead(SklearnOnnxHead):
+    name = "rf"
+    summary = "random forest"
+    constraints: ClassVar[dict[str, Param]] = {
+        "n_estimators": Param(int, "trees", low=1, high=10_000),
+        "max_depth": Param(int, "deepest split; none: grow until pure", low=1, high=1_000, none=True),
+        "min_samples_leaf": Param(int, "fewest training images in a leaf", low=1, high=100_000),
+    }
 
-    return RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
+    def __init__(self, *, seed: int = 1234, n_estimators: int = 100, max_depth: int | None = None,
+                 min_samples_leaf: int = 1) -> None:
+        super().__init__(seed=seed)
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
 
+    def make_estimator(self) -> Any:
+        from sklearn.ensemble import RandomForestClassifier
 
-def _lda(seed: int) -> Any:
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
-    return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-
-
-def _knn(seed: int) -> Any:
-    from sklearn.neighbors import KNeighborsClassifier
-
-    return KNeighborsClassifier(n_neighbors=5, algorithm="brute")
-
-
-def _cart(seed: int) -> Any:
-    from sklearn.tree import DecisionTreeClassifier
-
-    return DecisionTreeClassifier(random_state=seed)
-
-
-def _svm(seed: int) -> Any:
-    from sklearn.svm import SVC
-
-    return SVC(kernel="rbf", probability=True, random_state=seed)
+        return RandomForestClassifier(n_estimators=self.n_estimators, max_depth=self.max_depth,
+                                      min_samples_leaf=self.min_samples_leaf, random_state=self.seed, n_jobs=1)
 
 
-def _nb(seed: int) -> Any:
-    from sklearn.naive_bayes import GaussianNB
+@register_head
+class LdaHead(SklearnOnnxHead):
+    name = "lda"
+    summary = "linear discriminant analysis with shrinkage"
+    constraints: ClassVar[dict[str, Param]] = {
+        "shrinkage": Param(float, "covariance shrinkage; auto: Ledoit-Wolf", low=0.0, high=1.0, choices=("auto",),
+                           none=True),
+    }
 
-    return GaussianNB()
+    def __init__(self, *, seed: int = 1234, shrinkage: float | str | None = "auto") -> None:
+        super().__init__(seed=seed)
+        self.shrinkage = shrinkage
+
+    def make_estimator(self) -> Any:
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        return LinearDiscriminantAnalysis(solver="lsqr", shrinkage=self.shrinkage)
 
 
-_sklearn_head("rf", "random forest, 100 trees (seed 001's default)", _rf)
-_sklearn_head("lda", "linear discriminant analysis with shrinkage", _lda)
-_sklearn_head("knn", "5 nearest neighbours", _knn)
-_sklearn_head("cart", "a single decision tree", _cart)
-_sklearn_head("svm", "RBF support vector machine with Platt-scaled probabilities", _svm)
-_sklearn_head("nb", "Gaussian naive Bayes", _nb)
+@register_head
+class KnnHead(SklearnOnnxHead):
+    name = "knn"
+    summary = "k nearest neighbours"
+    constraints: ClassVar[dict[str, Param]] = {
+        "n_neighbors": Param(int, "neighbours that vote", low=1, high=10_000),
+        "weights": Param(str, "how neighbours vote", choices=("uniform", "distance")),
+    }
+
+    def __init__(self, *, seed: int = 1234, n_neighbors: int = 5, weights: str = "uniform") -> None:
+        super().__init__(seed=seed)
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+
+    def make_estimator(self) -> Any:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        return KNeighborsClassifier(n_neighbors=self.n_neighbors, weights=self.weights, algorithm="brute")
+
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> SklearnOnnxHead:
+        if self.n_neighbors > len(X):
+            raise DataError(f"head knn: n_neighbors={self.n_neighbors} but only {len(X)} training images")
+        return super().fit(X, y, n_classes)
+
+
+@register_head
+class CartHead(SklearnOnnxHead):
+    name = "cart"
+    summary = "a single decision tree"
+    constraints: ClassVar[dict[str, Param]] = {
+        "max_depth": RfHead.constraints["max_depth"],
+        "min_samples_leaf": RfHead.constraints["min_samples_leaf"],
+    }
+
+    def __init__(self, *, seed: int = 1234, max_depth: int | None = None, min_samples_leaf: int = 1) -> None:
+        super().__init__(seed=seed)
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+
+    def make_estimator(self) -> Any:
+        from sklearn.tree import DecisionTreeClassifier
+
+        return DecisionTreeClassifier(max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
+                                      random_state=self.seed)
+
+
+@register_head
+class SvmHead(SklearnOnnxHead):
+    name = "svm"
+    summary = "support vector machine with Platt-scaled probabilities"
+    constraints: ClassVar[dict[str, Param]] = {
+        "C": Param(float, "inverse regularisation strength", **_POSITIVE),
+        "kernel": Param(str, "kernel", choices=("rbf", "linear", "poly", "sigmoid")),
+        "gamma": Param(float, "kernel coefficient; scale: 1 / (dims x variance)", choices=("scale", "auto"),
+                       **_POSITIVE),
+    }
+
+    def __init__(self, *, seed: int = 1234, C: float = 1.0, kernel: str = "rbf", gamma: float | str = "scale"
+                 ) -> None:
+        super().__init__(seed=seed)
+        self.C = C
+        self.kernel = kernel
+        self.gamma = gamma
+
+    def make_estimator(self) -> Any:
+        from sklearn.svm import SVC
+
+        return SVC(C=self.C, kernel=self.kernel, gamma=self.gamma, probability=True, random_state=self.seed)
+
+
+@register_head
+class NbHead(SklearnOnnxHead):
+    name = "nb"
+    summary = "Gaussian naive Bayes"
+    constraints: ClassVar[dict[str, Param]] = {
+        "var_smoothing": Param(float, "share of the largest variance added to every variance", low=0.0),
+    }
+
+    def __init__(self, *, seed: int = 1234, var_smoothing: float = 1e-9) -> None:
+        super().__init__(seed=seed)
+        self.var_smoothing = var_smoothing
+
+    def make_estimator(self) -> Any:
+        from sklearn.naive_bayes import GaussianNB
+
+        return GaussianNB(var_smoothing=self.var_smoothing)

@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from photolabel.artifact import ModelFiles, read_model_dir
+from photolabel import storage
+from photolabel.artifact import ModelCard, ModelFiles, open_model_dir
 from photolabel.backbones import Backbone, get_backbone
+from photolabel.config import RUNTIME_DEFAULTS, Runtime, merge_overrides
 from photolabel.dataset import BadInput
-from photolabel.embedding import DEFAULT_BATCH_SIZE, ImageInput, embed_images
-from photolabel.errors import ModelError, PhotolabelError
-from photolabel.fetch import DEFAULT_FETCH_OPTIONS, FetchOptions, fetch_many
+from photolabel.embedding import ImageInput, check_pixels, embed_images
+from photolabel.errors import FetchError, ModelError, PhotolabelError
 from photolabel.heads import Head, get_head_class
-from photolabel.images import DEFAULT_MAX_PIXELS
 
-ImageLike = ImageInput | bytes | str | Path
+ImageLike = ImageInput | bytes | str | Path | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -51,54 +51,69 @@ class Prediction:
 
 
 class Model:
-    """A model directory, loaded: labels, backbone, head.
+    """A model directory, loaded: its card (``model.json``), head and backbone.
 
     Use :func:`load_model` (or :meth:`Model.load`) once, then :meth:`predict_batch`
-    as often as needed; the backbone session is shared per process.
+    as often as needed; the backbone session is shared per process. A model reads
+    local files, bytes and arrays only: URIs (http, s3, ...) are read by
+    :mod:`photolabel.storage` before they reach it.
     """
 
-    def __init__(self, files: ModelFiles, head: Head, *, threads: int | None = None,
-                 cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, files: ModelFiles, head: Head, *, runtime: Runtime = RUNTIME_DEFAULTS) -> None:
         self.path = files.path
         self.files = files
-        self.info = files.model
+        self.card: ModelCard = files.card
         self.metrics = files.metrics
         self.lineage = files.lineage
-        self.labels: tuple[str, ...] = tuple(files.model["labels"])
-        self.model_id: str = files.model["model_id"]
+        self.labels: tuple[str, ...] = files.card.labels
+        self.model_id: str = files.card.model_id
         self.head = head
-        self.threads = threads
-        self.cache_dir = cache_dir
-        self.max_pixels = max_pixels
+        self.runtime = runtime
         self._backbone: Backbone | None = None
 
     @classmethod
-    def load(cls, path: str | Path, *, threads: int | None = None, cache_dir: str | Path | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool = True) -> Model:
-        """Load a model directory; see :func:`photolabel.artifact.read_model_dir` for the checks."""
-        files = read_model_dir(path, verify=verify)
-        meta = files.model
-        try:
-            head_meta = meta["head"]
-            head_cls = get_head_class(head_meta["name"])
-            head = head_cls.load(Path(path) / "head", head_meta)
-        except (KeyError, ValueError, OSError) as exc:
-            raise ModelError(f"{path}: cannot load the head ({exc})") from None
-        return cls(files, head, threads=threads, cache_dir=cache_dir, max_pixels=max_pixels)
+    def load(cls, path: str | Path, *, runtime: Runtime | None = None, threads: int | None = None,
+             cache_dir: str | Path | None = None, max_pixels: int | None = None, verify: bool = True) -> Model:
+        """Load a model directory (a path or a storage URI such as ``s3://bucket/models/x``); see
+        :func:`photolabel.artifact.read_model_dir` for the checks.
+
+        ``threads``, ``cache_dir`` and ``max_pixels`` override single fields of ``runtime``.
+        """
+        runtime = merge_overrides(runtime or RUNTIME_DEFAULTS, threads=threads, cache_dir=cache_dir,
+                                  max_pixels=max_pixels)
+        with open_model_dir(path, verify=verify) as files:
+            card = files.card
+            try:
+                head = get_head_class(card.head.name).load(Path(files.path) / "head", card.head.to_dict())
+            except (ValueError, OSError) as exc:
+                raise ModelError(f"{path}: cannot load the head ({exc})") from None
+        return cls(files, head, runtime=runtime)
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.runtime.cache_dir
+
+    @property
+    def max_pixels(self) -> int:
+        return self.runtime.max_pixels
 
     @property
     def backbone(self) -> Backbone:
         if self._backbone is None:
-            spec = self.info["backbone"]
-            backbone = get_backbone(spec["name"], threads=self.threads, cache_dir=self.cache_dir)
-            if backbone.hash != spec["hash"]:
+            spec = self.card.backbone
+            backbone = get_backbone(spec.name, threads=self.runtime.threads, cache_dir=self.runtime.cache_dir)
+            if backbone.hash != spec.hash:
                 raise ModelError(
-                    f"{self.path}: trained with backbone {spec['name']} hash {spec['hash'][:16]}…, "
+                    f"{self.path}: trained with backbone {spec.name} hash {spec.hash[:16]}…, "
                     f"but the installed one has hash {backbone.hash[:16]}…; reinstall the same weights "
                     "package or retrain"
                 )
             self._backbone = backbone
         return self._backbone
+
+    def __repr__(self) -> str:
+        return (f"<photolabel.Model {self.model_id[:12]} labels={list(self.labels)} "
+                f"backbone={self.card.backbone.name} head={self.card.head.name}>")
 
     # -- predictions -----------------------------------------------------------------------
     def predict_embeddings(self, vectors: np.ndarray) -> np.ndarray:
@@ -107,26 +122,23 @@ class Model:
             return np.zeros((0, len(self.labels)))
         return self.head.predict_proba(np.asarray(vectors))
 
-    def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                      progress: bool = False, fetch_options: FetchOptions = DEFAULT_FETCH_OPTIONS,
-                      ) -> list[Prediction | BadInput]:
+    def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int | None = None,
+                      progress: bool | None = None) -> list[Prediction | BadInput]:
         """One result per input, in order: a :class:`Prediction`, or a :class:`BadInput` saying why not.
 
-        Inputs are paths, ``file://`` or ``http(s)://`` URLs (downloaded concurrently with
-        ``fetch_options``), raw bytes, or :class:`ImageInput`.
+        Inputs are local paths (or ``file://`` URLs), raw bytes, RGB ``uint8`` arrays
+        (H, W, 3) or :class:`ImageInput`. Other URIs are refused per input: read them with
+        :func:`photolabel.inputs.read_images` first.
         """
         inputs: list[ImageInput | None] = []
         results: list[Prediction | BadInput | None] = [None] * len(images)
-        urls = {i: str(image) for i, image in enumerate(images)
-                if isinstance(image, str) and image.startswith(("http://", "https://"))}
-        bodies = dict(zip(urls, fetch_many(list(urls.values()), fetch_options, progress=progress))) if urls else {}
         for index, image in enumerate(images):
+            if isinstance(image, BadInput):  # refused upstream (an unreadable URI): passed through in place
+                inputs.append(None)
+                results[index] = image
+                continue
             try:
-                body = bodies.get(index)
-                if isinstance(body, PhotolabelError):
-                    raise body
-                inputs.append(ImageInput(source=urls[index], data=body) if body is not None
-                              else as_image_input(image))
+                inputs.append(as_image_input(image))
             except PhotolabelError as exc:
                 inputs.append(None)
                 results[index] = BadInput(_name_of(image), str(exc), exc.code)
@@ -134,10 +146,10 @@ class Model:
         embedded = embed_images(
             [inputs[i] for i in live],  # type: ignore[misc]
             self.backbone,
-            batch_size=batch_size,
-            workers=self.threads or 2,
-            max_pixels=self.max_pixels,
-            progress=progress,
+            batch_size=batch_size or self.runtime.batch_size,
+            workers=self.runtime.workers,
+            max_pixels=self.runtime.max_pixels,
+            progress=self.runtime.progress if progress is None else progress,
         )
         probabilities = self.predict_embeddings(embedded.vectors)
         for row, local in enumerate(embedded.indices):
@@ -170,16 +182,25 @@ class Model:
 
 
 def as_image_input(image: ImageLike) -> ImageInput:
-    """Paths, ``file://`` and ``http(s)://`` URLs, raw bytes -> :class:`ImageInput`."""
+    """Local paths, ``file://`` URLs, raw bytes and RGB arrays -> :class:`ImageInput`.
+
+    Raises:
+        FetchError: another URI scheme (the model reads no network; see :mod:`photolabel.storage`).
+        ImageError: an array that is not RGB uint8 (H, W, 3).
+    """
     if isinstance(image, ImageInput):
         return image
     if isinstance(image, (bytes, bytearray, memoryview)):
         return ImageInput(source="<bytes>", data=bytes(image))
+    if isinstance(image, np.ndarray):
+        return ImageInput(source="<array>", pixels=check_pixels(image, "<array>"))
     text = str(image)
-    if text.startswith(("http://", "https://", "file://")):
-        from photolabel.sources import read_image_source
-
-        return ImageInput(source=text, data=read_image_source(text))
+    if storage.is_local(text):
+        return ImageInput(source=text, path=storage.local_path(text))
+    scheme = storage.scheme_of(text)
+    if scheme:
+        raise FetchError(f"{text}: a model reads local files, bytes and arrays; read {scheme}:// URIs with "
+                         "photolabel.inputs.read_images() first")
     return ImageInput(source=text, path=Path(text))
 
 
@@ -188,6 +209,8 @@ def _name_of(image: ImageLike) -> str:
         return image.source
     if isinstance(image, (bytes, bytearray, memoryview)):
         return "<bytes>"
+    if isinstance(image, np.ndarray):
+        return "<array>"
     return str(image)
 
 

@@ -3,9 +3,11 @@
 DATA may be a folder with one sub-folder per label, a folder with ``train/`` and
 optional ``valid/`` (or ``validation/``) and ``test/`` sub-folders, an archive of either
 (``.tar.gz``, ``.tgz``, ``.tar``, ``.zip``), or a CSV manifest of ``image,label[,sha1]``
-rows whose images are paths or URLs. An http(s) URL of a CSV or an archive works too;
-in a CSV fetched from a URL every image is a URL (relative ones resolve against the
-CSV's URL), so a remote manifest cannot make us read local files.
+rows whose images are paths or URIs. Any of these may be behind a URI that
+:mod:`photolabel.storage` reads: a folder as a prefix (``s3://bucket/data/``), an archive
+or a CSV as an object or an http(s) URL (downloaded into the data set's temporary
+folder). In a CSV that came from a remote URI every image is a remote URI (relative
+ones resolve against the CSV's), so a remote manifest cannot make us read local files.
 
 Images are hashed here, not decoded: the embedding step finds undecodable images.
 """
@@ -19,22 +21,21 @@ import os
 import re
 import shutil
 import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from photolabel import storage
 from photolabel.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from photolabel.dataset import BadInput, Dataset, ImageRecord
 from photolabel.errors import (
     DataError,
-    FetchError,
     HashMismatchError,
     PhotolabelError,
     SourceNotFoundError,
+    UnsupportedSchemeError,
 )
-from photolabel.fetch import DEFAULT_FETCH_OPTIONS, FetchOptions, fetch_each, fetch_url
+from photolabel.fetch import DEFAULT_FETCH_OPTIONS, FetchOptions
 from photolabel.hashing import sha1_bytes, sha256_bytes
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -42,8 +43,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".
 # top-level folder name -> split of its records, in the split layout
 _SPLIT_FOLDERS = {"train": "train", "valid": "valid", "validation": "valid"}
 _IGNORED_FOLDERS = {"test"}
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_WEB_SCHEMES = ("http", "https")
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
@@ -57,11 +58,13 @@ def load_dataset(
     require_labels: bool = True,
     urls_only: str | None = None,
 ) -> Dataset:
-    """Load the labelled images that ``spec`` names.
+    """Load the labelled images that ``spec`` (a path or any URI :mod:`photolabel.storage` reads) names.
 
     ``urls_only`` (a service's safety switch) names where an untrusted local CSV came
-    from (its URL, or a label such as "upload"): its rows may then only be http(s)
-    URLs (relative ones resolve against it when it is a URL), never local paths.
+    from (its URL, or a label such as "upload"): its rows may then only be http(s) URLs
+    (relative ones resolve against it when it is one), fetched with ``fetch_options``
+    (whose private-address guard applies): never local paths, file:// URLs, or storage
+    buckets (s3://, gs://, ...) that the server's own credentials could reach.
 
     ``classes`` fixes the label order; an image with any other label, or (when
     ``require_labels``) a class with no image, is a :class:`DataError`. Without it the
@@ -77,7 +80,10 @@ def load_dataset(
 
     Raises :class:`SourceNotFoundError`, :class:`DataError` (and its
     :class:`HashMismatchError`, :class:`~photolabel.errors.UnsafeArchiveError`), or
-    :class:`FetchError`, each with a one-line message naming the file, URL or CSV line.
+    :class:`~photolabel.errors.FetchError` (and its
+    :class:`~photolabel.errors.AccessDeniedError`), or
+    :class:`~photolabel.errors.MissingDependencyError`, each with a one-line message
+    naming the file, URI or CSV line.
     """
     wanted = _check_classes(classes)
     loader = _Loader(wanted, skip_bad, fetch_options, progress)
@@ -86,7 +92,8 @@ def load_dataset(
         if urls_only is not None:
             if Path(shown).suffix.lower() != ".csv" or not Path(shown).is_file():
                 raise DataError(f"{urls_only}: expected a CSV manifest")
-            base = urls_only if _url_scheme(urls_only) in ("http", "https") else ""
+            base = urls_only if storage.scheme_of(urls_only) in _WEB_SCHEMES else ""
+            loader.web_only = True
             _load_csv(loader, Path(shown), shown=urls_only, base_url=base)
         else:
             _load_spec(loader, shown)
@@ -100,15 +107,19 @@ def load_dataset(
 def expand_image_args(args: Sequence[str]) -> list[str]:
     """Expand the IMAGE arguments of ``photolabel predict``.
 
-    Each argument is an http(s):// or file:// URL (kept as is), a file (kept as is), a
-    folder (its image files, recursively, sorted, hidden ones left out) or a glob
-    pattern (its matches, sorted; folders among them are expanded like folders).
-    Raises :class:`SourceNotFoundError` for a missing file, a folder without images or
-    a pattern that matches nothing.
+    Each argument is a file (kept as is), a folder (its image files, recursively,
+    sorted, hidden ones left out), a glob pattern (its matches, sorted; folders among
+    them are expanded like folders), or a URI: one whose name is an image file is kept
+    as is (read later), a folder or prefix (``s3://bucket/photos/``) is expanded to the
+    URIs of its image files. Raises :class:`SourceNotFoundError` for a missing file, a
+    folder without images or a pattern that matches nothing, and
+    :class:`~photolabel.errors.UnsupportedSchemeError` for a URI scheme no back-end serves.
     """
     expanded: list[str] = []
     for arg in args:
-        if _url_scheme(arg) in ("http", "https", "file") or os.path.isfile(arg):
+        if storage.scheme_of(arg):
+            expanded.extend(_expand_uri(arg))
+        elif os.path.isfile(arg):
             expanded.append(arg)
         elif os.path.isdir(arg):
             files = _image_files(Path(arg))
@@ -129,16 +140,25 @@ def expand_image_args(args: Sequence[str]) -> list[str]:
     return expanded
 
 
-def read_image_source(item: str, fetch_options: FetchOptions = DEFAULT_FETCH_OPTIONS) -> bytes:
-    """The bytes of a local path, a file:// URL or an http(s) URL.
+def _expand_uri(uri: str) -> list[str]:
+    storage.check_uri(uri)
+    # an image name is taken as a file without asking the store (one request less per image)
+    if _is_image_name(storage.basename(uri)) or not storage.is_dir(uri):
+        return [uri]
+    files = [file_uri for name, file_uri in storage.list_tree(uri) if _is_visible_image(name)]
+    if not files:
+        raise SourceNotFoundError(f"{uri}: no image files under it")
+    return files
 
-    Raises :class:`SourceNotFoundError` for a missing file, :class:`FetchError` for an
-    unreachable URL or an unsupported scheme, :class:`DataError` for a folder or an
-    unreadable file.
+
+def read_image_source(item: str, fetch_options: FetchOptions = DEFAULT_FETCH_OPTIONS) -> bytes:
+    """The bytes of a local path or of any URI :mod:`photolabel.storage` reads.
+
+    Raises :class:`SourceNotFoundError` for a missing file or object,
+    :class:`~photolabel.errors.FetchError` for an unreachable URI, a refused one or an
+    unsupported scheme, :class:`DataError` for a folder or an unreadable file.
     """
-    if _url_scheme(item) in ("http", "https"):
-        return fetch_url(item, fetch_options)
-    return _read_local(_local_path(item, FetchError, f"cannot fetch {item}"), shown=item)
+    return storage.read_bytes(item, fetch_options)
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -156,6 +176,7 @@ class _Loader:
     skip_bad: bool
     fetch_options: FetchOptions
     progress: bool
+    web_only: bool = False  # rows may only be http(s) URLs (an untrusted manifest: urls_only)
     found: list[_Found] = field(default_factory=list)
     skipped: list[BadInput] = field(default_factory=list)
     temp_dirs: list[Path] = field(default_factory=list)
@@ -197,10 +218,10 @@ def _check_classes(classes: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def _load_spec(loader: _Loader, spec: str) -> None:
-    if _url_scheme(spec) in ("http", "https"):
+    if not storage.is_local(spec):
         _load_remote(loader, spec)
         return
-    path = _local_path(spec, DataError, spec)
+    path = storage.local_path(spec)
     if not path.exists():
         raise SourceNotFoundError(f"{spec}: no such file or folder")
     if path.is_dir():
@@ -215,19 +236,54 @@ def _load_spec(loader: _Loader, spec: str) -> None:
         )
 
 
-def _load_remote(loader: _Loader, url: str) -> None:
-    name = PurePosixPath(urllib.parse.urlsplit(url).path).name
-    if not (is_archive(name) or name.lower().endswith(".csv")):
-        raise DataError(
-            f"{url}: cannot tell what the URL holds; its name must end in .csv or "
-            f"{', '.join(ARCHIVE_SUFFIXES)}"
-        )
-    local = loader.make_temp_dir() / name
-    local.write_bytes(fetch_url(url, loader.fetch_options))
-    if is_archive(name):
-        _load_archive(loader, local, shown=url)
+def _load_remote(loader: _Loader, uri: str) -> None:
+    name = storage.basename(uri)
+    if is_archive(name) or name.lower().endswith(".csv"):
+        local = loader.make_temp_dir() / name
+        local.write_bytes(storage.read_bytes(uri, loader.fetch_options))
+        if is_archive(name):
+            _load_archive(loader, local, shown=uri)
+        else:
+            _load_csv(loader, local, shown=uri, base_url=uri)
+    elif storage.is_dir(uri):
+        _load_remote_folder(loader, uri)
     else:
-        _load_csv(loader, local, shown=url, base_url=url)
+        raise DataError(
+            f"{uri}: cannot tell what the URL holds; it is not a folder (prefix) with files, "
+            f"and its name does not end in .csv or {', '.join(ARCHIVE_SUFFIXES)}"
+        )
+
+
+def _load_remote_folder(loader: _Loader, uri: str) -> None:
+    """A folder layout under a prefix: mirrored into a temporary folder, then read as a local one.
+
+    Image files in sub-folders are downloaded; other visible files are mirrored empty,
+    since only their presence matters (a folder of other files is not a label).
+    """
+    root = loader.make_temp_dir()
+    images: list[tuple[str, Path, str]] = []  # (name, local copy, URI)
+    for name, file_uri in storage.list_tree(uri):
+        if not _is_visible(name):
+            continue
+        target = root / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if "/" in name and _is_image_name(PurePosixPath(name).name):
+                images.append((name, target, file_uri))
+            else:
+                target.touch()
+        except OSError as exc:
+            raise DataError(f"{file_uri}: cannot be mirrored as a file ({exc.strerror or exc})") from exc
+    failures: dict[int, PhotolabelError] = {}
+    bodies = storage.read_each([file_uri for _, _, file_uri in images], loader.fetch_options, progress=loader.progress)
+    for index, body in bodies:
+        if isinstance(body, PhotolabelError):
+            failures[index] = body
+        else:
+            images[index][1].write_bytes(body)
+    for index in sorted(failures):  # in name order, whatever order the downloads ended in
+        loader.bad(images[index][0], failures[index])
+    _load_folder(loader, root, shown=uri, in_archive=False)
 
 
 def _load_archive(loader: _Loader, archive: Path, shown: str) -> None:
@@ -271,9 +327,23 @@ def _image_files(folder: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+            if _is_image_name(name):
                 files.append(Path(dirpath, name))
     return files
+
+
+def _is_image_name(name: str) -> bool:
+    """A visible file name with an image suffix (any case)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _is_visible(relative: str) -> bool:
+    """No part of the "/"-separated name is hidden."""
+    return not any(part.startswith(".") for part in relative.split("/"))
+
+
+def _is_visible_image(relative: str) -> bool:
+    return _is_visible(relative) and _is_image_name(PurePosixPath(relative).name)
 
 
 def _has_visible_files(folder: Path) -> bool:
@@ -324,7 +394,7 @@ def _load_label_folders(
         for file in files:
             source = file.relative_to(root).as_posix()
             try:
-                data = _read_local(file, shown=where(source))
+                data = storage.read_local(file, shown=where(source))
             except PhotolabelError as exc:
                 loader.bad(source, exc)
                 continue
@@ -341,10 +411,10 @@ class _Row:
 
 def _load_csv(loader: _Loader, csv_path: Path, shown: str, base_url: str | None) -> None:
     rows = _read_csv_rows(loader, csv_path, shown)
-    # Each row's image: a URL to download, or a local path.
-    targets: list[tuple[str, str]] = []  # ("url", url) or ("path", path)
+    # Each row's image: a URI to download, or a local path.
+    targets: list[tuple[str, str]] = []  # ("url", uri) or ("path", path)
     for row in rows:
-        targets.append(_row_target(row, csv_path, shown, base_url))
+        targets.append(_row_target(row, csv_path, shown, base_url, loader.web_only))
     urls = sorted({value for kind, value in targets if kind == "url"})
     downloads = _download(loader, urls) if urls else {}
 
@@ -352,13 +422,13 @@ def _load_csv(loader: _Loader, csv_path: Path, shown: str, base_url: str | None)
         where = f"{shown} line {row.line}"
         if kind == "url":
             result = downloads[value]
-            if isinstance(result, FetchError):
-                loader.bad(row.image, FetchError(f"{where}: {result}"))
+            if isinstance(result, PhotolabelError):
+                loader.bad(row.image, type(result)(f"{where}: {result}"))
                 continue
             path, sha1, sha256 = result
         else:
             try:
-                data = _read_local(Path(value), shown=f"{where}: image {row.image}")
+                data = storage.read_local(Path(value), shown=f"{where}: image {row.image}")
             except PhotolabelError as exc:
                 loader.bad(row.image, exc)
                 continue
@@ -418,37 +488,52 @@ def _parse_row(cells: list[str], line: int, shown: str) -> _Row:
     return _Row(line, image, label, sha1)
 
 
-def _row_target(row: _Row, csv_path: Path, shown: str, base_url: str | None) -> tuple[str, str]:
-    scheme = _url_scheme(row.image)
-    if scheme in ("http", "https"):
-        return "url", row.image
+def _row_target(row: _Row, csv_path: Path, shown: str, base_url: str | None,
+                web_only: bool = False) -> tuple[str, str]:
+    """("url", URI) for an image to download, ("path", absolute path) for a local one.
+
+    ``base_url`` None: a local CSV, whose rows may be anything; otherwise the rows may
+    only be remote URIs, or (when ``base_url`` is not "") names relative to it.
+    ``web_only``: only http(s) URLs (an untrusted manifest sent to the service).
+    """
     where = f"{shown} line {row.line}"
+    try:
+        storage.check_uri(row.image)
+    except UnsupportedSchemeError as exc:
+        raise DataError(f"{where}: {exc}") from exc
+    scheme = storage.scheme_of(row.image)
+    if web_only and scheme and scheme not in _WEB_SCHEMES:
+        raise DataError(f"{where}: {row.image}: this manifest may only list http(s) URLs, not {scheme}:// "
+                        "(a service reads no storage bucket or local file for a manifest it was sent)")
+    if storage.is_remote(row.image):
+        return "url", row.image
     if base_url is not None:
-        if scheme:
-            raise DataError(f"{where}: {row.image}: a CSV fetched from a URL may only list http(s) URLs")
+        if storage.scheme_of(row.image):
+            raise DataError(
+                f"{where}: {row.image}: a CSV fetched from a URL may only list http(s) or other remote URLs "
+                "(s3://, gs://, ...), not local paths or file://"
+            )
         if not base_url:
             raise DataError(f"{where}: {row.image}: this manifest may only list http(s) URLs, not paths")
-        return "url", urllib.parse.urljoin(base_url, row.image)
-    if scheme == "file":
-        return "path", str(_file_url_path(row.image))
-    if scheme:
-        raise DataError(f"{where}: {row.image}: unsupported URL scheme '{scheme}' (use http, https or file)")
-    path = Path(row.image)
+        return "url", storage.resolve(base_url, row.image)
+    if not storage.is_local(row.image):
+        return "url", row.image  # an in-process store such as memory://
+    path = storage.local_path(row.image)
     return "path", str((path if path.is_absolute() else csv_path.parent / path).absolute())
 
 
-def _download(loader: _Loader, urls: list[str]) -> dict[str, tuple[Path, str, str] | FetchError]:
-    """Download ``urls`` into a temp folder; per URL: (file, sha1, sha256) or the error."""
+def _download(loader: _Loader, uris: list[str]) -> dict[str, tuple[Path, str, str] | PhotolabelError]:
+    """Download ``uris`` into a temp folder; per URI: (file, sha1, sha256) or the error."""
     folder = loader.make_temp_dir()
-    results: dict[str, tuple[Path, str, str] | FetchError] = {}
-    for index, body in fetch_each(urls, loader.fetch_options, progress=loader.progress):
-        if isinstance(body, FetchError):
-            results[urls[index]] = body
+    results: dict[str, tuple[Path, str, str] | PhotolabelError] = {}
+    for index, body in storage.read_each(uris, loader.fetch_options, progress=loader.progress):
+        if isinstance(body, PhotolabelError):
+            results[uris[index]] = body
             continue
         sha256 = sha256_bytes(body)
         path = folder / sha256
         path.write_bytes(body)
-        results[urls[index]] = (path, sha1_bytes(body), sha256)
+        results[uris[index]] = (path, sha1_bytes(body), sha256)
     return results
 
 
@@ -486,39 +571,3 @@ def _assemble(loader: _Loader, shown: str, require_labels: bool) -> Dataset:
                 if label not in trained:
                     raise DataError(f"{shown}: label '{label}' has images in valid/ but none in train/")
     return Dataset(records=records, labels=labels, skipped=loader.skipped, temp_dirs=loader.temp_dirs)
-
-
-# --- small helpers -----------------------------------------------------------------------
-
-
-def _local_path(item: str, error: type[PhotolabelError], shown: str) -> Path:
-    """A plain path or a ``file://`` URL as a path; any other scheme raises ``error`` naming it."""
-    scheme = _url_scheme(item)
-    if scheme == "file":
-        return _file_url_path(item)
-    if scheme:
-        raise error(f"{shown}: unsupported URL scheme '{scheme}' (use http, https or file)")
-    return Path(item)
-
-
-def _url_scheme(text: str) -> str | None:
-    match = _URL_SCHEME.match(text)
-    return match.group(1).lower() if match else None
-
-
-def _file_url_path(url: str) -> Path:
-    parts = urllib.parse.urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise DataError(f"{url}: a file:// URL must name a local file (no host)")
-    return Path(urllib.request.url2pathname(parts.path))
-
-
-def _read_local(path: Path, shown: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise SourceNotFoundError(f"{shown}: not found ({path})") from exc
-    except IsADirectoryError as exc:
-        raise DataError(f"{shown}: is a folder, not an image file") from exc
-    except OSError as exc:
-        raise DataError(f"{shown}: cannot read ({exc.strerror})") from exc

@@ -11,61 +11,43 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from photolabel import __version__
-from photolabel.artifact import write_model_dir
-from photolabel.backbones import check_backbone_name, get_backbone
+from photolabel import __version__, storage
+from photolabel.artifact import BackboneCard, HeadCard, ModelCard, compute_model_id, write_model_dir
+from photolabel.backbones import get_backbone
 from photolabel.cache import EmbeddingCache, resolve_cache_dir
+from photolabel.config import RUNTIME_DEFAULTS, TRAIN_DEFAULTS, Runtime, TrainConfig, merge_overrides
 from photolabel.dataset import BadInput, Dataset, ImageRecord, manifest_rows, manifest_sha256
-from photolabel.embedding import DEFAULT_BATCH_SIZE, embed_records
+from photolabel.embedding import embed_records
 from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
 from photolabel.fetch import FetchOptions
-from photolabel.hashing import sha256_bytes, sha256_json
+from photolabel.hashing import sha256_bytes
 from photolabel.heads import get_head_class, make_head
-from photolabel.images import DEFAULT_MAX_PIXELS
 from photolabel.model import Model
 
-DEFAULT_SEED = 1234
-DEFAULT_VALID_FRACTION = 0.1
-DEFAULT_BACKBONE = "efficientnet-lite0"
-DEFAULT_HEAD = "logistic"
+# Kept for callers of earlier versions; the defaults themselves are written in photolabel.config.
+DEFAULT_SEED = TRAIN_DEFAULTS.seed
+DEFAULT_VALID_FRACTION = TRAIN_DEFAULTS.valid_fraction
+DEFAULT_BACKBONE = TRAIN_DEFAULTS.backbone
+DEFAULT_HEAD = TRAIN_DEFAULTS.head
 SPLIT_RULE = (
     "records from a valid/ folder are validation; otherwise, per label, images are ordered by "
     "sha256(f'{seed}:{image_sha256}') and the first round(n * valid_fraction) (at most n - 1) are validation"
 )
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """What determines a model besides its images. Written into model.json; hashed into model_id."""
-
-    backbone: str = DEFAULT_BACKBONE
-    head: str = DEFAULT_HEAD
-    seed: int = DEFAULT_SEED
-    valid_fraction: float = DEFAULT_VALID_FRACTION
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise DataError(f"valid fraction must be in [0, 1), got {self.valid_fraction}")
-        check_backbone_name(self.backbone)
-        get_head_class(self.head)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass
 class TrainResult:
     model: Model
     model_id: str
-    path: Path
+    path: Path | str  # a local folder, or the storage URI it was written to
     metrics: dict[str, Any]
     skipped: list[BadInput] = field(default_factory=list)
     embeddings_computed: int = 0
@@ -78,25 +60,15 @@ class TrainResult:
             "model_id": self.model_id,
             "model_dir": str(self.path),
             "labels": list(self.model.labels),
-            "backbone": self.model.info["backbone"]["name"],
-            "head": self.model.info["head"]["name"],
+            "backbone": self.model.card.backbone.name,
+            "head": self.model.card.head.name,
+            "head_params": dict(self.model.card.head.params),
             "n_train": self.n_train,
             "n_valid": self.n_valid,
             "validation": self.metrics.get("validation"),
             "embeddings": {"computed": self.embeddings_computed, "cached": self.embeddings_cached},
             "skipped": [{"image": b.source, "reason": b.reason} for b in self.skipped],
         }
-
-
-def compute_model_id(manifest_hash: str, config: TrainConfig, backbone_hash: str, head_params: dict[str, Any]) -> str:
-    return sha256_json(
-        {
-            "manifest_sha256": manifest_hash,
-            "config": config.to_dict(),
-            "head_params": head_params,
-            "backbone_hash": backbone_hash,
-        }
-    )
 
 
 def assign_splits(records: Sequence[ImageRecord], labels: Sequence[str], seed: int,
@@ -133,7 +105,8 @@ def base_records(model: Model) -> list[ImageRecord]:
     """The training images of an existing model, rebuilt from its lineage (no bytes: cache only)."""
     rows = model.lineage.get("images", [])
     return [
-        ImageRecord(f"{model.path.name}:{row['sha256'][:12]}", None, row["sha256"], row["label"],  # type: ignore[arg-type]
+        ImageRecord(f"{storage.basename(str(model.path))}:{row['sha256'][:12]}", None, row["sha256"],  # type: ignore[arg-type]
+                    row["label"],
                     row.get("declared", "auto"))
         for row in rows
     ]
@@ -144,7 +117,8 @@ def union_labels(base: Sequence[str], new: Sequence[str], classes: Sequence[str]
     if classes:
         if tuple(classes[: len(base)]) != tuple(base):
             raise DataError(
-                f"the base model's labels are {', '.join(base)} in that order; --classes must start with them"
+                f"the base model's labels are {', '.join(base)} in that order; the classes must start with them",
+                remedy="classes",
             )
         unknown = sorted(set(new) - set(classes))
         if unknown:
@@ -171,50 +145,64 @@ def plan_model_id(records: Sequence[ImageRecord], labels: Sequence[str], config:
                   backbone_hash: str) -> tuple[str, str]:
     """(model_id, manifest_sha256) of a model trained on exactly these records: no embedding needed."""
     manifest_hash = manifest_sha256(records, labels)
-    head_params = make_head(config.head, seed=config.seed).get_params()
-    return compute_model_id(manifest_hash, config, backbone_hash, head_params), manifest_hash
+    resolved = config.replace(classes=tuple(labels))
+    head_version = get_head_class(config.head).version
+    return compute_model_id(manifest_hash, resolved, head_version, backbone_hash), manifest_hash
 
 
 def train(
     data: str | Path | Dataset,
     out: str | Path,
+    config: TrainConfig | None = None,
+    runtime: Runtime | None = None,
     *,
-    backbone: str = DEFAULT_BACKBONE,
-    head: str = DEFAULT_HEAD,
-    seed: int = DEFAULT_SEED,
-    valid_fraction: float = DEFAULT_VALID_FRACTION,
+    backbone: str | None = None,
+    head: str | None = None,
+    head_params: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    valid_fraction: float | None = None,
     classes: Sequence[str] | None = None,
     base_model: Model | str | Path | None = None,
+    skip_bad: bool = False,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    batch_size: int | None = None,
+    max_pixels: int | None = None,
     fetch_options: FetchOptions | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     write_run_json: bool = True,
     on_progress: Callable[[str, float], None] | None = None,
 ) -> TrainResult:
     """Train a model on ``data`` and write it to ``out``.
 
     ``data`` is a folder, an archive, a CSV manifest (see :func:`photolabel.sources.load_dataset`)
-    or an already loaded :class:`Dataset`. ``classes`` fixes the label order and
-    refuses other labels. With ``skip_bad``, unreadable images are listed in the
-    result's ``skipped`` instead of stopping the run. ``on_progress(stage, fraction)``
-    reports the stages "loading", "embedding", "fitting", "writing" and "done", with the
-    overall fraction done in [0, 1].
+    or an already loaded :class:`Dataset`. What determines the model is ``config`` (a
+    :class:`TrainConfig`); how it runs is ``runtime`` (a :class:`Runtime`). The keyword
+    arguments of the same names override single fields of either, so
+    ``train(data, out, head="svm", seed=7)`` works without building the objects.
+    ``classes`` fixes the label order and refuses other labels. With ``skip_bad``,
+    unreadable images are listed in the result's ``skipped`` instead of stopping the run.
+    ``on_progress(stage, fraction)`` reports the stages "loading", "embedding", "fitting",
+    "writing" and "done", with the overall fraction done in [0, 1].
 
     ``base_model`` (incremental training) adds ``data`` to that model's images: its
-    labels keep their order and new labels are appended; its backbone, head, seed and
-    valid fraction are used (the corresponding arguments are ignored). Only the new
-    images are embedded; the base model's come from the embedding cache. The result
+    labels keep their order and new labels are appended; its backbone, head, head
+    parameters, seed and valid fraction are used (those given here are ignored). Only the
+    new images are embedded; the base model's come from the embedding cache. The result
     is byte for byte the model that training once on the union would give.
 
     Raises:
+        ConfigError: a setting out of range (named in ``field``).
         DataError, ImageError, FetchError, SourceNotFoundError: bad input, named in
             the message; nothing is written to ``out`` then.
     """
     started = time.time()
+    config = merge_overrides(config or TRAIN_DEFAULTS, backbone=backbone, head=head, seed=seed,
+                             valid_fraction=valid_fraction, classes=classes)
+    if head_params is not None:
+        config = config.replace(head_params=head_params)
+    runtime = merge_overrides(runtime or RUNTIME_DEFAULTS, threads=threads, cache_dir=cache_dir,
+                              batch_size=batch_size, max_pixels=max_pixels, fetch=fetch_options, progress=progress)
 
     def report(stage: str, fraction: float) -> None:
         if on_progress is not None:
@@ -222,29 +210,26 @@ def train(
 
     report("loading", 0.0)
     base: Model | None = None
+    wanted_classes = config.classes
     if base_model is not None:
-        base = base_model if isinstance(base_model, Model) else Model.load(base_model)
-        base_config = base.info["config"]
-        backbone, head = base_config["backbone"], base_config["head"]
-        seed, valid_fraction = base_config["seed"], base_config["valid_fraction"]
-    config = TrainConfig(backbone=backbone, head=head, seed=seed, valid_fraction=valid_fraction)
-    cache_root = resolve_cache_dir(cache_dir)
+        base = base_model if isinstance(base_model, Model) else Model.load(base_model, runtime=runtime)
+        config = base.card.config.replace(classes=None)
+    cache_root = resolve_cache_dir(runtime.cache_dir)
     if isinstance(data, Dataset):
         dataset, owned = data, False
     else:
         from photolabel.sources import load_dataset
 
-        dataset = load_dataset(data, classes=None if base is not None else classes, skip_bad=skip_bad,
-                               fetch_options=fetch_options or FetchOptions(), progress=progress,
-                               require_labels=base is None)
+        dataset = load_dataset(data, classes=None if base is not None else wanted_classes, skip_bad=skip_bad,
+                               fetch_options=runtime.fetch, progress=runtime.progress, require_labels=base is None)
         owned = True
     try:
-        extractor = get_backbone(config.backbone, threads=threads, cache_dir=cache_root)
+        extractor = get_backbone(config.backbone, threads=runtime.threads, cache_dir=cache_root)
         cache = EmbeddingCache(cache_root, extractor.hash, extractor.embedding_dim)
         records = list(dataset.records)
         labels = tuple(dataset.labels)
         if base is not None:
-            labels = union_labels(base.labels, [r.label for r in records], classes)
+            labels = union_labels(base.labels, [r.label for r in records], wanted_classes)
             old = base_records(base)
             missing = [r for r in old if not cache.contains(r.sha256)]
             if missing:
@@ -255,8 +240,7 @@ def train(
             records = _union(old, records)
         skipped = list(dataset.skipped)
         embedded, problems = embed_records(
-            records, extractor, cache=cache, skip_bad=skip_bad, action="train on", batch_size=batch_size,
-            workers=threads or 2, max_pixels=max_pixels, progress=progress,
+            records, extractor, cache=cache, skip_bad=skip_bad, runtime=runtime,
             on_progress=lambda done, total: report("embedding", 0.05 + 0.85 * done / max(total, 1)),
         )
         skipped.extend(problems)
@@ -264,10 +248,10 @@ def train(
         vectors = {r.sha256: v for r, v in zip(good, embedded.vectors)}
         _check_labels(good, labels)
         model_id, manifest_hash = plan_model_id(good, labels, config, extractor.hash)
+        config = config.replace(classes=labels)
         declared = {r.sha256: r.split for r in good}
         split_records = assign_splits(good, labels, config.seed, config.valid_fraction)
-        head_model = make_head(config.head, seed=config.seed)
-        head_params = head_model.get_params()
+        head_model = make_head(config.head, seed=config.seed, params=config.head_params)
         label_index = {label: k for k, label in enumerate(labels)}
         train_rows = [r for r in split_records if r.split == "train"]
         valid_rows = [r for r in split_records if r.split == "valid"]
@@ -288,15 +272,17 @@ def train(
             y_valid = np.array([label_index[r.label] for r in valid_rows], dtype=np.int64)
             metrics["validation"] = classification_metrics(y_valid, head_model.predict_proba(X_valid), labels)
 
-        model_doc = {
-            "model_id": model_id,
-            "labels": list(labels),
-            "backbone": extractor.describe(),
-            "head": {"name": config.head, "params": head_params, "seed": config.seed},
-            "config": config.to_dict(),
-            "manifest_sha256": manifest_hash,
-            "photolabel_version": __version__,
-        }
+        described = extractor.describe()
+        card = ModelCard(
+            model_id=model_id,
+            labels=labels,
+            backbone=BackboneCard(described["name"], described["hash"], described["embedding_dim"],
+                                  described["preprocessing"]),
+            head=HeadCard(config.head, head_model.get_params(), config.seed, type(head_model).version),
+            config=config,
+            manifest_sha256=manifest_hash,
+            photolabel_version=__version__,
+        )
         lineage = {
             "manifest_sha256": manifest_hash,
             "labels": list(labels),
@@ -316,17 +302,17 @@ def train(
                 "duration_s": round(time.time() - started, 3),
                 "host": platform.node(),
                 "python": platform.python_version(),
-                "data": str(Path(data).resolve()) if not isinstance(data, Dataset) else None,
-                "threads": threads,
+                "data": _describe_data(data),
+                "threads": runtime.threads,
                 "embeddings": {"computed": embedded.computed, "cached": embedded.cached},
                 "skipped": [{"image": b.source, "reason": b.reason} for b in skipped],
                 "sources": {r.sha256: r.source for r in good},
                 "base_model": str(base.path) if base is not None else None,
             }
         report("writing", 0.97)
-        path = write_model_dir(out, model=model_doc, metrics=metrics, lineage=lineage,
+        path = write_model_dir(out, card=card, metrics=metrics, lineage=lineage,
                                write_head=head_model.save, run=run)
-        model = Model.load(path, threads=threads, cache_dir=cache_root, max_pixels=max_pixels)
+        model = Model.load(path, runtime=runtime)
         model._backbone = extractor
         report("done", 1.0)
         return TrainResult(
@@ -343,6 +329,14 @@ def train(
     finally:
         if owned:
             dataset.close()
+
+
+def _describe_data(data: str | Path | Dataset) -> str | None:
+    """What run.json records as the data: an absolute path, or a URI as given."""
+    if isinstance(data, Dataset):
+        return None
+    text = str(data)
+    return text if "://" in text else str(Path(text).resolve())
 
 
 def _check_labels(records: Sequence[ImageRecord], labels: Sequence[str]) -> None:

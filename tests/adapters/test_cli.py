@@ -95,9 +95,10 @@ def cache_files(cache_dir: Path) -> set[Path]:
     return {path for path in cache_dir.rglob("*") if path.is_file()}
 
 
-def assert_one_error(result: Result, *needles: str) -> str:
-    """Exit 1 from a handled error: one ``error:`` line on stderr naming ``needles``, no traceback."""
-    assert result.exit_code == 1, result.output
+def assert_one_error(result: Result, *needles: str, exit_code: int = 1) -> str:
+    """A handled error (exit 1; 2 for a bad setting): one ``error:`` line on stderr naming ``needles``,
+    no traceback."""
+    assert result.exit_code == exit_code, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash CliRunner caught
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
@@ -198,7 +199,7 @@ def test_train_percentage_env_sets_the_validation_share(tmp_path: Path, small_da
 def test_bad_train_percentage_is_named(tmp_path: Path, small_data: Path, value: str) -> None:
     out = tmp_path / "model"
     result = invoke("train", small_data, "-o", out, "-q", env={"TRAIN_PERCENTAGE": value})
-    assert_one_error(result, f"TRAIN_PERCENTAGE='{value}'")
+    assert_one_error(result, f"TRAIN_PERCENTAGE='{value}'", exit_code=2)
     assert not out.exists()
 
 
@@ -571,3 +572,49 @@ def test_progress_bar_shows_on_a_terminal_and_not_on_a_pipe(tmp_path: Path, smal
     assert piped.returncode == 0 and piped.stderr == b""
     quiet_pipe = subprocess.run([*command, str(tmp_path / "c")], capture_output=True, env=env("c"), timeout=300)
     assert quiet_pipe.returncode == 0 and b"embedding" not in quiet_pipe.stderr
+
+
+# --- settings: one checked configuration ----------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (("--head", "rf", "--seed", "-1"), ("--seed", "0..4294967295")),
+    (("--valid-fraction", "1.5"), ("--valid-fraction", "[0, 1)")),
+    (("--head-param", "C=0"), ("--head-param", "C=0", "float in (0, inf)")),
+    (("--head-param", "C=lots"), ("--head-param", "C=lots: expected float")),
+    (("--head", "svm", "--head-param", "bogus=1"), ("--head-param", "no parameter 'bogus'", "C, kernel, gamma")),
+    (("--head-param", "C"), ("--head-param", "NAME=VALUE")),
+    (("--head", "xgboost"), ("--head", "unknown head 'xgboost'", "known heads: cart")),
+    (("--backbone", "resnet"), ("--backbone", "unknown backbone 'resnet'")),
+    (("--batch-size", "0"), ("--batch-size",)),
+])
+def test_every_bad_setting_is_one_error_line_with_exit_2(tmp_path: Path, small_data: Path, args: tuple[str, ...],
+                                                         needles: tuple[str, ...]) -> None:
+    out = tmp_path / "model"
+    result = invoke("train", small_data, "-o", out, "-q", *args)
+    if args[0] == "--batch-size":  # click's own range check: a usage error, also exit 2
+        assert result.exit_code == 2 and "--batch-size" in result.stderr and "Traceback" not in result.output
+    else:
+        assert_one_error(result, *needles, exit_code=2)
+    assert not out.exists()
+
+
+def test_head_params_are_trained_and_recorded(tmp_path: Path, small_data: Path, trained_model: Path) -> None:
+    summary = train_json(small_data, "-o", tmp_path / "m", "--head", "knn", "--head-param", "n_neighbors=3",
+                         "--head-param", "weights=distance")
+    assert summary["head_params"] == {"n_neighbors": 3, "weights": "distance"}
+    card = model_json(tmp_path / "m")
+    assert card["head"]["params"] == {"n_neighbors": 3, "weights": "distance"} and card["head"]["version"] == 1
+    assert card["config"]["head_params"] == card["head"]["params"]
+    default = train_json(small_data, "-o", tmp_path / "d", "--head", "knn")
+    assert default["model_id"] != summary["model_id"]
+    assert "n_neighbors=3" in ok(invoke("info", tmp_path / "m")).stdout
+
+
+def test_heads_lists_parameters_with_defaults_and_ranges() -> None:
+    text = ok(invoke("heads")).stdout
+    assert "logistic" in text and "C=1.0" in text and "float in (0, inf)" in text
+    listing = json.loads(ok(invoke("heads", "--json")).stdout)
+    assert listing["rf"]["params"]["n_estimators"] == {
+        "default": 100, "accepts": "int in [1, 10000]", "help": "trees"}
+    assert listing["svm"]["params"]["kernel"]["accepts"] == "one of rbf, linear, poly, sigmoid"
+    assert set(listing) == {"logistic", "rf", "lda", "knn", "cart", "svm", "nb"}

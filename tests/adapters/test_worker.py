@@ -439,3 +439,16 @@ def test_a_terminal_on_stdin_gets_a_prompt(tmp_path: Path, cache_dir: Path) -> N
     lines = out.decode().split("\n")
     assert lines[0].startswith("ready: model ")
     assert lines[1].startswith("photolabel> commands: predict IMAGE")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("--seed", "-1"), "seed must be in 0..4294967295"),
+    (("--head-param", "C=0"), "head parameter C=0"),
+    (("--head", "nb", "--head-param", "C=1"), "no parameter 'C'"),
+])
+def test_a_bad_setting_is_the_first_answer_ok_false(start, args: tuple[str, ...], needle: str) -> None:
+    worker = start("-d", "dataset", "-c", "blouse", "halter", "--json", *args)
+    answer = json.loads(worker.ready())
+    assert answer["ok"] is False and answer["error"]["code"] == "invalid_config", answer
+    assert needle in answer["error"]["message"]
+    assert worker.proc.wait(timeout=60) == 1

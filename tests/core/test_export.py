@@ -28,11 +28,12 @@ def test_export_matches_predict(trained_model, small_data, tmp_path):
 
 def test_classic_models_export_only_their_head(small_data, tmp_path, cache_dir):
     result = photolabel.train(small_data, tmp_path / "m", backbone="classic", cache_dir=cache_dir)
-    with pytest.raises(ExportError, match="--head-only"):
+    with pytest.raises(ExportError, match="only the head can be exported") as raised:
         export_onnx(result.model, tmp_path / "full.onnx")
+    assert raised.value.remedy == "head_only"  # the CLI words it as --head-only; the core names no flag
     assert not (tmp_path / "full.onnx").exists()
     head = export_onnx(result.model, tmp_path / "head.onnx", head_only=True)
     session = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"])
-    vectors = np.ones((2, result.model.info["backbone"]["embedding_dim"]), dtype=np.float32)
+    vectors = np.ones((2, result.model.card.backbone.embedding_dim), dtype=np.float32)
     (probs,) = session.run(["probabilities"], {"embedding": vectors})
     np.testing.assert_allclose(probs, result.model.predict_embeddings(vectors), atol=1e-4)

@@ -77,3 +77,48 @@ def test_logistic_rows_do_not_depend_on_their_batch(blobs):
     full = head.predict_proba(X)
     for i in range(0, 90, 7):
         assert head.predict_proba(X[i : i + 1]).tobytes() == full[i : i + 1].tobytes()
+
+
+@pytest.mark.parametrize("name", ["logistic", "rf", "lda", "knn", "cart", "svm", "nb"])
+def test_parameters_come_from_the_signature_and_each_has_a_constraint(name):
+    cls = get_head_class(name)
+    head = make_head(name, seed=3)
+    assert list(head.get_params()) == cls.param_names() == list(cls.default_params())
+    assert head.get_params() == cls.default_params()
+    assert set(cls.constraints) == set(cls.param_names())
+    assert isinstance(cls.version, int)
+    assert "seed" not in head.get_params()
+
+
+def test_parameters_reach_the_estimator(blobs):
+    X, y = blobs
+    few = make_head("rf", seed=1, params={"n_estimators": "3", "max_depth": 2}).fit(X, y, 3)
+    many = make_head("rf", seed=1).fit(X, y, 3)
+    assert few.get_params() == {"n_estimators": 3, "max_depth": 2, "min_samples_leaf": 1}
+    assert len(few.onnx_bytes_) < len(many.onnx_bytes_)  # 3 shallow trees are a smaller graph than 100
+    loose = make_head("logistic", seed=1, params={"C": 1e-4}).fit(X, y, 3)
+    tight = make_head("logistic", seed=1).fit(X, y, 3)
+    assert np.abs(loose.coef_).sum() < np.abs(tight.coef_).sum()  # stronger regularisation, smaller weights
+
+
+def test_a_head_without_a_constraint_cannot_register():
+    from photolabel.heads import register_head
+
+    class Unchecked(LogisticHead):
+        name = "unchecked"
+
+        def __init__(self, *, seed: int = 1234, C: float = 1.0, max_iter: int = 2000, tol: float = 1e-4) -> None:
+            super().__init__(seed=seed, C=C, max_iter=max_iter)
+            self.tol = tol
+
+    with pytest.raises(ValueError, match="no Param in constraints for tol"):
+        register_head(Unchecked)
+    assert "unchecked" not in list_heads()
+
+
+def test_knn_with_more_neighbours_than_images_is_a_clear_error(blobs):
+    from photolabel.errors import DataError
+
+    X, y = blobs
+    with pytest.raises(DataError, match="n_neighbors=200 but only 90 training images"):
+        make_head("knn", seed=1, params={"n_neighbors": 200}).fit(X, y, 3)

@@ -453,7 +453,7 @@ def test_csv_sha1_mismatch(tmp_path: Path) -> None:
         ("cat/0.png,cat\n,dog\n", "line 2: the image cell is empty"),
         ("cat/0.png,cat,nothex\n", "line 1: 'nothex' is not a sha1"),
         ("cat/0.png,cat,,extra\n", "line 1: expected image,label"),
-        ("s3://bucket/x.png,cat\n", "line 1: s3://bucket/x.png: unsupported URL scheme 's3'"),
+        ("ftp://host/x.png,cat\n", "line 1: ftp://host/x.png: unsupported URL scheme 'ftp'"),
     ],
 )
 def test_csv_bad_rows(tmp_path: Path, content: str, match: str) -> None:

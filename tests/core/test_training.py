@@ -61,7 +61,7 @@ def test_lineage_lists_every_image_sorted_by_sha256(trained_model):
     assert len(images) == 60
     assert [row["sha256"] for row in images] == sorted(row["sha256"] for row in images)
     assert {row["split"] for row in images} == {"train", "valid"}
-    assert model.info["manifest_sha256"] == model.lineage["manifest_sha256"]
+    assert model.card.manifest_sha256 == model.lineage["manifest_sha256"]
 
 
 def test_split_is_stratified_seeded_and_never_empties_a_label():
@@ -143,3 +143,39 @@ def test_tampered_model_file_is_refused(trained_model, tmp_path):
     coef.write_bytes(bytes(data))
     with pytest.raises(photolabel.ModelError, match="coef.npy"):
         photolabel.load_model(out)
+
+
+def test_head_parameters_and_version_enter_the_model_id(small_data, tmp_path, cache_dir, monkeypatch):
+    from photolabel.heads import LogisticHead
+
+    base = photolabel.train(small_data, tmp_path / "base", cache_dir=cache_dir)
+    card = base.model.card
+    assert card.head.params == {"C": 1.0, "max_iter": 2000} and card.head.version == LogisticHead.version
+    assert card.config.head_params == card.head.params
+    # the defaults, given explicitly: the same model
+    explicit = photolabel.train(small_data, tmp_path / "explicit", head_params={"C": 1.0}, cache_dir=cache_dir)
+    assert explicit.model_id == base.model_id
+    changed = photolabel.train(small_data, tmp_path / "changed", head_params={"C": 0.1}, cache_dir=cache_dir)
+    assert changed.model_id != base.model_id
+    assert changed.model.card.head.params["C"] == 0.1
+    # a new head version (its fitting or storage changed) is a new model, even with the same parameters
+    monkeypatch.setattr(LogisticHead, "version", LogisticHead.version + 1)
+    bumped = photolabel.train(small_data, tmp_path / "bumped", cache_dir=cache_dir)
+    assert bumped.model_id != base.model_id
+    # a changed built-in default changes the id too: defaults are written into the config
+    monkeypatch.setattr(LogisticHead.__init__, "__kwdefaults__", {"seed": 1234, "C": 0.5, "max_iter": 2000})
+    redefault = photolabel.TrainConfig()  # as a new release would build it at import
+    assert redefault.head_params["C"] == 0.5
+    redefaulted = photolabel.train(small_data, tmp_path / "redefaulted", redefault, cache_dir=cache_dir)
+    assert redefaulted.model_id not in (base.model_id, bumped.model_id)
+
+
+def test_train_takes_config_and_runtime_objects(small_data, tmp_path, cache_dir):
+    from photolabel import Runtime, TrainConfig
+
+    config = TrainConfig(head="nb", seed=5, valid_fraction=0.2)
+    by_objects = photolabel.train(small_data, tmp_path / "a", config, Runtime(cache_dir=cache_dir, threads=1))
+    by_keywords = photolabel.train(small_data, tmp_path / "b", head="nb", seed=5, valid_fraction=0.2,
+                                   cache_dir=cache_dir)
+    assert by_objects.model_id == by_keywords.model_id
+    assert by_objects.model.card.config == config.replace(classes=("blouse", "halter", "sweater"))

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
+from photolabel.config import RUNTIME_DEFAULTS, TRAIN_DEFAULTS
 from photolabel.dataset import BadInput, parse_label_list
 from photolabel.errors import PhotolabelError
 
@@ -48,16 +49,50 @@ class GreedyOption(click.Option):
         option.process = process
 
 
-def fail(message: str) -> NoReturn:
+EXIT_USAGE = 2
+
+#: how the command line words a core error's remedy
+REMEDIES = {
+    "skip_bad": "use --skip-bad to skip unreadable images and use the rest",
+    "out": "choose another --out",
+    "classes": "see --classes",
+    "head_only": "export the head alone with --head-only",
+}
+
+#: the option that sets each TrainConfig / Runtime field
+FLAGS = {
+    "seed": "--seed", "valid_fraction": "--valid-fraction", "backbone": "--backbone", "head": "--head",
+    "classes": "--classes", "threads": "--threads", "batch_size": "--batch-size", "head_params": "--head-param",
+}
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(code)
+
+
+def describe_error(exc: PhotolabelError) -> str:
+    """The error's message, with the command line's own words for its remedy."""
+    from photolabel.errors import ConfigError
+
+    message = str(exc)
+    if isinstance(exc, ConfigError) and exc.field:
+        flag = FLAGS.get(exc.field, "--head-param" if exc.field not in FLAGS else exc.field)
+        message = f"{flag}: {message}"
+    remedy = REMEDIES.get(exc.remedy or "")
+    return f"{message}; {remedy}" if remedy else message
 
 
 def run_safely(action: Callable[[], Any]) -> Any:
+    """Run ``action``; a PhotolabelError becomes one ``error:`` line (exit 2 for a bad setting, else 1)."""
+    from photolabel.errors import ConfigError
+
     try:
         return action()
+    except ConfigError as exc:
+        fail(describe_error(exc), EXIT_USAGE)
     except PhotolabelError as exc:
-        fail(str(exc))
+        fail(describe_error(exc))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -72,10 +107,37 @@ def _progress(quiet: bool) -> bool:
     return progress_enabled(quiet)
 
 
-def _fetch_options(http_timeout: float, pool_size: int) -> Any:
+def _runtime(threads: int | None, cache_dir: Path | None, batch_size: int, http_timeout: float,
+             download_pool_size: int, quiet: bool) -> Any:
+    """The Runtime of a command, from its common options."""
+    from photolabel.config import Runtime
     from photolabel.fetch import FetchOptions
 
-    return FetchOptions(timeout=http_timeout, pool_size=pool_size)
+    return run_safely(lambda: Runtime(threads=threads, cache_dir=cache_dir, batch_size=batch_size,
+                                      fetch=FetchOptions(timeout=http_timeout, pool_size=download_pool_size),
+                                      progress=_progress(quiet)))
+
+
+def _head_params(values: Sequence[str]) -> dict[str, str]:
+    """``--head-param NAME=VALUE`` (repeatable) as a mapping; values are typed and checked by the head."""
+    params: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--head-param {item!r}: expected NAME=VALUE, for example C=0.1", EXIT_USAGE)
+        params[name.strip()] = value
+    return params
+
+
+def _train_config(**fields: Any) -> Any:
+    """The TrainConfig these options describe (fields left None keep their defaults); exit 2 if invalid."""
+    from photolabel.config import TRAIN_DEFAULTS, merge_overrides
+
+    head_params = fields.pop("head_params", None)
+    config = run_safely(lambda: merge_overrides(TRAIN_DEFAULTS, **fields))
+    if head_params:
+        config = run_safely(lambda: config.replace(head_params=head_params))
+    return config
 
 
 def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,7 +147,8 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                      envvar="PHOTOLABEL_CACHE_DIR", default=None, show_envvar=True,
                      help="Embedding and backbone cache (default ~/.cache/photolabel)."),
-        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, envvar="BATCH_SIZE",
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=RUNTIME_DEFAULTS.batch_size,
+                     envvar="BATCH_SIZE",
                      show_envvar=True, show_default=True, help="Images per backbone batch."),
         click.option("--http-timeout", type=float, default=120.0, envvar="HTTP_TIMEOUT", show_envvar=True,
                      show_default=True, help="Seconds before a URL download gives up."),
@@ -107,29 +170,35 @@ def main() -> None:
 
 @main.command()
 @click.argument("data")
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Model directory to write (replaced if it holds a model).")
+@click.option("-o", "--out", "out", required=True,
+              help="Model directory to write (replaced if it holds a model): a path or a storage URI "
+                   "such as s3://bucket/models/mine.")
 @click.option("-c", "--classes", cls=GreedyOption, multiple=True,
               help="Labels in this order; rows with any other label are refused.")
-@click.option("--seed", type=int, default=1234, envvar="RANDOM_SEED", show_envvar=True, show_default=True)
-@click.option("--valid-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
-              help="Share of each label held out for validation when DATA has no valid/ folder "
-                   "[default: 1 - TRAIN_PERCENTAGE, i.e. 0.1].")
-@click.option("--backbone", default="efficientnet-lite0", show_default=True,
+@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, envvar="RANDOM_SEED", show_envvar=True,
+              show_default=True, help="Seeds the validation split and the head (0 to 4294967295).")
+@click.option("--valid-fraction", type=float, default=None,
+              help="Share of each label held out for validation when DATA has no valid/ folder, in [0, 1) "
+                   f"[default: 1 - TRAIN_PERCENTAGE, i.e. {TRAIN_DEFAULTS.valid_fraction:g}].")
+@click.option("--backbone", default=TRAIN_DEFAULTS.backbone, show_default=True,
               help="Feature extractor; see `photolabel backbones`.")
-@click.option("--head", default="logistic", show_default=True, help="Classifier; see `photolabel heads`.")
+@click.option("--head", default=TRAIN_DEFAULTS.head, show_default=True, help="Classifier; see `photolabel heads`.")
+@click.option("--head-param", "head_param", multiple=True, metavar="NAME=VALUE",
+              help="A hyperparameter of the head, e.g. C=0.1 (repeatable); `photolabel heads` lists them "
+                   "with their defaults and ranges.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed as warnings) and train on the rest.")
-@click.option("--from", "base_model", type=click.Path(path_type=Path), default=None,
+@click.option("--from", "base_model", default=None,
               help="Add DATA to this model's images (incremental): its labels keep their order, new ones "
-                   "append, and its backbone, head, seed and valid fraction are used.")
+                   "append, and its backbone, head, head parameters, seed and valid fraction are used.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @common_options
-def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fraction: float | None,
-          backbone: str, head: str, skip_bad: bool, base_model: Path | None, as_json: bool, threads: int | None,
-          cache_dir: Path | None, batch_size: int, http_timeout: float, download_pool_size: int,
-          quiet: bool) -> None:
+def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction: float | None,
+          backbone: str, head: str, head_param: Sequence[str], skip_bad: bool, base_model: str | None,
+          as_json: bool, threads: int | None, cache_dir: Path | None, batch_size: int, http_timeout: float,
+          download_pool_size: int, quiet: bool) -> None:
     """Train a model on DATA: a folder (DATA/<label>/*, or train/ + valid/), a .tar.gz/.tgz/.zip
-    archive of one, or a CSV manifest of `image,label[,sha1]` rows (paths or URLs)."""
+    archive of one, or a CSV manifest of `image,label[,sha1]` rows (paths or URIs). DATA may be
+    a path or a storage URI (s3://bucket/prefix/, https://host/data.csv, ...)."""
     import os
 
     from photolabel.training import train as train_model
@@ -137,19 +206,19 @@ def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fractio
     if valid_fraction is None:
         percentage = os.environ.get("TRAIN_PERCENTAGE")
         try:
-            share = float(percentage) if percentage else 0.9
+            share = float(percentage) if percentage else 1.0 - TRAIN_DEFAULTS.valid_fraction
         except ValueError:
-            fail(f"TRAIN_PERCENTAGE={percentage!r} is not a number")
+            fail(f"TRAIN_PERCENTAGE={percentage!r} is not a number", EXIT_USAGE)
         if not 0.0 < share <= 1.0:
             # checked here so the message names the variable, not the derived validation share
-            fail(f"TRAIN_PERCENTAGE={percentage!r} must be in (0, 1]: the share of each label used for training")
-        valid_fraction = 1.0 - share
-    result = run_safely(lambda: train_model(
-        data, out, backbone=backbone, head=head, seed=seed, valid_fraction=round(valid_fraction, 6),
-        classes=parse_label_list(classes), base_model=base_model, threads=threads, cache_dir=cache_dir,
-        skip_bad=skip_bad, batch_size=batch_size, fetch_options=_fetch_options(http_timeout, download_pool_size),
-        progress=_progress(quiet),
-    ))
+            fail(f"TRAIN_PERCENTAGE={percentage!r} must be in (0, 1]: the share of each label used for training",
+                 EXIT_USAGE)
+        valid_fraction = round(1.0 - share, 6)
+    config = _train_config(backbone=backbone, head=head, seed=seed, valid_fraction=valid_fraction,
+                           classes=run_safely(lambda: parse_label_list(classes)),
+                           head_params=_head_params(head_param))
+    runtime = _runtime(threads, cache_dir, batch_size, http_timeout, download_pool_size, quiet)
+    result = run_safely(lambda: train_model(data, out, config, runtime, base_model=base_model, skip_bad=skip_bad))
     for problem in result.skipped:
         click.echo(f"warning: skipped {problem.message}", err=True)
     if as_json:
@@ -157,11 +226,12 @@ def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fractio
         return
     from photolabel.evaluation import format_metrics
 
+    card = result.model.card
     counts = result.model.lineage["counts"]["per_label"]
     click.echo(f"model     {result.model_id}")
     click.echo(f"saved to  {result.path}")
     click.echo(f"labels    {', '.join(f'{label} ({counts[label]})' for label in result.model.labels)}")
-    click.echo(f"backbone  {result.model.info['backbone']['name']}   head  {result.model.info['head']['name']}")
+    click.echo(f"backbone  {card.backbone.name}   head  {card.head.name} ({_format_params(card.head.params)})")
     click.echo(f"images    {result.n_train} train, {result.n_valid} validation; embeddings computed "
                f"{result.embeddings_computed}, from cache {result.embeddings_cached}")
     if result.skipped:
@@ -174,30 +244,36 @@ def train(data: str, out: Path, classes: Sequence[Any], seed: int, valid_fractio
         click.echo("validation: none (no validation images)")
 
 
+def _format_params(params: Any) -> str:
+    return ", ".join(f"{name}={value}" for name, value in params.items())
+
+
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
 @main.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.argument("images", nargs=-1, required=True)
 @click.option("-k", "--top-k", type=click.IntRange(1, None), default=None,
               help="Show the K most probable labels.")
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"image", "sha256", "label", "scores", "model_id"}.')
 @common_options
-def predict(model_dir: Path, images: Sequence[str], top_k: int | None, as_json: bool, threads: int | None,
+def predict(model_dir: str, images: Sequence[str], top_k: int | None, as_json: bool, threads: int | None,
             cache_dir: Path | None, batch_size: int, http_timeout: float, download_pool_size: int,
             quiet: bool) -> None:
-    """Label IMAGES (files, folders, globs, file:// or http(s):// URLs) with the model in MODEL_DIR."""
+    """Label IMAGES (files, folders, globs, or URIs: file://, http(s)://, s3://, ...) with the model
+    in MODEL_DIR (a path or a storage URI)."""
+    from photolabel.inputs import read_images
     from photolabel.model import load_model
 
-    model = run_safely(lambda: load_model(model_dir, threads=threads, cache_dir=cache_dir))
+    runtime = _runtime(threads, cache_dir, batch_size, http_timeout, download_pool_size, quiet)
+    model = run_safely(lambda: load_model(model_dir, runtime=runtime))
     inputs = list(_expand_each(images))  # a name, or a BadInput for an argument that expands to nothing
+    inputs = run_safely(lambda: read_images(inputs, runtime.fetch))
     live = [x for x in inputs if not isinstance(x, BadInput)]
-    results_live = iter(run_safely(lambda: model.predict_batch(
-        live, batch_size=batch_size, progress=_progress(quiet),
-        fetch_options=_fetch_options(http_timeout, download_pool_size))))
+    results_live = iter(run_safely(lambda: model.predict_batch(live)))
     failed = 0
     for item in inputs:
         result = item if isinstance(item, BadInput) else next(results_live)
@@ -233,24 +309,22 @@ def _expand_each(images: Sequence[str]) -> list[Any]:
 
 
 @main.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.argument("data")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write confusion_matrix.png and report.html into this folder.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
 @common_options
-def evaluate(model_dir: Path, data: str, as_json: bool, report_dir: Path | None, skip_bad: bool,
+def evaluate(model_dir: str, data: str, as_json: bool, report_dir: Path | None, skip_bad: bool,
              threads: int | None, cache_dir: Path | None, batch_size: int, http_timeout: float,
              download_pool_size: int, quiet: bool) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL_DIR on DATA."""
     from photolabel.evaluate import evaluate as evaluate_model
     from photolabel.evaluation import format_metrics, write_report
 
-    metrics = run_safely(lambda: evaluate_model(
-        model_dir, data, threads=threads, cache_dir=cache_dir, skip_bad=skip_bad, batch_size=batch_size,
-        fetch_options=_fetch_options(http_timeout, download_pool_size), progress=_progress(quiet),
-    ))
+    runtime = _runtime(threads, cache_dir, batch_size, http_timeout, download_pool_size, quiet)
+    metrics = run_safely(lambda: evaluate_model(model_dir, data, runtime, skip_bad=skip_bad))
     for problem in metrics["skipped"]:
         click.echo(f"warning: skipped {BadInput(problem['image'], problem['reason']).message}", err=True)
     if report_dir is not None:
@@ -264,30 +338,28 @@ def evaluate(model_dir: Path, data: str, as_json: bool, report_dir: Path | None,
 
 
 @main.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.option("--json", "as_json", is_flag=True, help="Print model.json, metrics and lineage summary as JSON.")
-def info(model_dir: Path, as_json: bool) -> None:
+def info(model_dir: str, as_json: bool) -> None:
     """Labels, backbone, head, metrics and lineage of MODEL_DIR."""
     from photolabel.artifact import read_model_dir
 
     files = run_safely(lambda: read_model_dir(model_dir))
-    model, lineage, metrics = files.model, files.lineage, files.metrics
+    card, lineage, metrics = files.card, files.lineage, files.metrics
     if as_json:
-        summary = dict(model)
+        summary = card.to_dict()
         summary["metrics"] = metrics
         summary["lineage"] = {k: v for k, v in lineage.items() if k != "images"}
         summary["lineage"]["n_images"] = len(lineage.get("images", []))
         click.echo(json.dumps(summary, sort_keys=True))
         return
-    backbone = model["backbone"]
-    click.echo(f"model      {model['model_id']}")
-    click.echo(f"labels     {', '.join(model['labels'])}")
-    click.echo(f"backbone   {backbone['name']} (hash {backbone['hash'][:16]}…, "
-               f"{backbone['embedding_dim']}-d, input {'x'.join(map(str, backbone['preprocessing']['image_size']))})")
-    params = ", ".join(f"{k}={v}" for k, v in sorted(model["head"].get("params", {}).items()))
-    click.echo(f"head       {model['head']['name']}" + (f" ({params})" if params else ""))
-    config = model["config"]
-    click.echo(f"config     seed={config['seed']} valid_fraction={config['valid_fraction']}")
+    backbone = card.backbone
+    click.echo(f"model      {card.model_id}")
+    click.echo(f"labels     {', '.join(card.labels)}")
+    click.echo(f"backbone   {backbone.name} (hash {backbone.hash[:16]}…, "
+               f"{backbone.embedding_dim}-d, input {'x'.join(map(str, backbone.image_size))})")
+    click.echo(f"head       {card.head.name} v{card.head.version} ({_format_params(card.head.params)})")
+    click.echo(f"config     seed={card.config.seed} valid_fraction={card.config.valid_fraction}")
     counts = lineage.get("counts", {})
     click.echo(f"lineage    manifest {lineage['manifest_sha256']}")
     click.echo(f"           {len(lineage.get('images', []))} images: {counts.get('train')} train, "
@@ -305,19 +377,19 @@ def info(model_dir: Path, as_json: bool) -> None:
 
 
 @main.command(name="export")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--head-only", is_flag=True, help="Export only the head (embedding -> probabilities).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
               default=None)
-def export_command(model_dir: Path, out: Path, head_only: bool, cache_dir: Path | None) -> None:
+def export_command(model_dir: str, out: Path, head_only: bool, cache_dir: Path | None) -> None:
     """Write MODEL_DIR as one ONNX graph: uint8 RGB image (N x H x W x 3) -> probabilities."""
     from photolabel.export import export_onnx
     from photolabel.model import load_model
 
     model = run_safely(lambda: load_model(model_dir, cache_dir=cache_dir))
     path = run_safely(lambda: export_onnx(model, out, head_only=head_only))
-    size = model.info["backbone"]["preprocessing"]["image_size"]
+    size = model.card.backbone.image_size
     click.echo(f"wrote {path}: input 'image' uint8 [N, {size[0]}, {size[1]}, 3] (RGB, bilinear resize), "
                f"output 'probabilities' [N, {len(model.labels)}] for labels {', '.join(model.labels)}"
                if not head_only else f"wrote {path}: input 'embedding', output 'probabilities'")
@@ -349,12 +421,28 @@ def backbones() -> None:
 
 
 @main.command()
-def heads() -> None:
-    """List the registered heads."""
-    from photolabel.heads import describe_heads
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: each head's parameters, defaults, ranges.")
+def heads(as_json: bool) -> None:
+    """List the registered heads with their parameters (set them with --head-param NAME=VALUE)."""
+    from photolabel.heads import get_head_class, list_heads
 
-    for name, summary in describe_heads().items():
-        click.echo(f"{name:<10} {summary}")
+    listing = {}
+    for name in list_heads():
+        cls = get_head_class(name)
+        listing[name] = {
+            "summary": cls.summary, "version": cls.version,
+            "params": {param: {"default": default, "accepts": cls.constraints[param].describe(),
+                               "help": cls.constraints[param].help}
+                       for param, default in cls.default_params().items()},
+        }
+    if as_json:
+        click.echo(json.dumps(listing))
+        return
+    for name, entry in listing.items():
+        click.echo(f"{name:<10} {entry['summary']} (version {entry['version']})")
+        for param, spec in entry["params"].items():
+            default = "none" if spec["default"] is None else spec["default"]
+            click.echo(f"    {param}={default:<10} {spec['accepts']}: {spec['help']}")
 
 
 @main.command()
@@ -364,20 +452,26 @@ def heads() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Answer with one JSON object per line.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("photolabel-worker"),
               show_default=True, help="Where the worker keeps its models (content-addressed).")
-@click.option("--seed", type=int, default=1234, envvar="RANDOM_SEED", show_envvar=True, show_default=True)
-@click.option("--backbone", default="efficientnet-lite0", show_default=True)
-@click.option("--head", default="logistic", show_default=True)
+@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, envvar="RANDOM_SEED", show_envvar=True,
+              show_default=True)
+@click.option("--backbone", default=TRAIN_DEFAULTS.backbone, show_default=True)
+@click.option("--head", default=TRAIN_DEFAULTS.head, show_default=True)
+@click.option("--head-param", "head_param", multiple=True, metavar="NAME=VALUE",
+              help="A hyperparameter of the head (repeatable); see `photolabel heads`.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
               default=None)
 def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, seed: int, backbone: str,
-           head: str, threads: int | None, cache_dir: Path | None) -> None:
-    """A long-lived classifier on stdin/stdout (seed 000): predict IMAGE | train TRAIN VALID | info | help | quit."""
+           head: str, head_param: Sequence[str], threads: int | None, cache_dir: Path | None) -> None:
+    """A long-lived classifier on stdin/stdout (seed 000): predict IMAGE | train TRAIN VALID | info | help | quit.
+
+    Settings are checked when the worker starts: a bad one is its first answer (ok: false with --json)."""
     from photolabel.adapters.worker import WorkerSettings, run_worker
 
     names = run_safely(lambda: parse_label_list(classes)) or ()
     settings = WorkerSettings(dataset=dataset, classes=names, work_dir=work_dir, seed=seed, backbone=backbone,
-                              head=head, threads=threads, cache_dir=cache_dir)
+                              head=head, head_params=_head_params(head_param), threads=threads,
+                              cache_dir=cache_dir)
     sys.exit(run_worker(settings, as_json=as_json))
 
 

@@ -21,10 +21,11 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from photolabel.config import TRAIN_DEFAULTS, Runtime, TrainConfig
 from photolabel.dataset import Dataset
 from photolabel.errors import PhotolabelError, SourceNotFoundError
 from photolabel.model import Model, load_model
@@ -42,15 +43,26 @@ class CommandError(PhotolabelError, ValueError):
 
 @dataclass
 class WorkerSettings:
+    """The worker's options as given; :meth:`train_config` and :meth:`runtime` check them."""
+
     dataset: str
     classes: tuple[str, ...]
     work_dir: Path = Path("photolabel-worker")
-    seed: int = 1234
-    backbone: str = "efficientnet-lite0"
-    head: str = "logistic"
-    valid_fraction: float = 0.1
+    seed: int = TRAIN_DEFAULTS.seed
+    backbone: str = TRAIN_DEFAULTS.backbone
+    head: str = TRAIN_DEFAULTS.head
+    head_params: dict[str, Any] = field(default_factory=dict)
+    valid_fraction: float = TRAIN_DEFAULTS.valid_fraction
     threads: int | None = None
     cache_dir: Path | None = None
+
+    def train_config(self) -> TrainConfig:
+        """Raises ConfigError for a bad setting (the worker's first answer, then)."""
+        return TrainConfig(backbone=self.backbone, head=self.head, head_params=self.head_params, seed=self.seed,
+                           valid_fraction=self.valid_fraction, classes=self.classes or None)
+
+    def runtime(self) -> Runtime:
+        return Runtime(threads=self.threads, cache_dir=self.cache_dir)
 
 
 def resolve_dataset(name: str, cwd: Path | None = None) -> Path:
@@ -71,26 +83,29 @@ class WorkerSession:
 
     settings: WorkerSettings
     model: Model | None = None
+    config: TrainConfig | None = None
+    runtime: Runtime = field(default_factory=Runtime)
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         """Train or load the model for the starting data set; returns the ready answer."""
         from photolabel.backbones import get_backbone
         from photolabel.sources import load_dataset
-        from photolabel.training import TrainConfig, plan_model_id
+        from photolabel.training import plan_model_id
 
         s = self.settings
+        self.config = config = s.train_config()
+        self.runtime = s.runtime()
         # The extracted archive is only needed while training: its images' embeddings are
         # cached and a later retrain rebuilds them from the model's lineage.
-        with load_dataset(resolve_dataset(s.dataset), classes=s.classes or None) as dataset:
-            config = TrainConfig(backbone=s.backbone, head=s.head, seed=s.seed, valid_fraction=s.valid_fraction)
-            backbone = get_backbone(config.backbone, threads=s.threads, cache_dir=s.cache_dir)
+        with load_dataset(resolve_dataset(s.dataset), classes=config.classes) as dataset:
+            backbone = get_backbone(config.backbone, threads=self.runtime.threads, cache_dir=self.runtime.cache_dir)
             planned, _ = plan_model_id(dataset.records, dataset.labels, config, backbone.hash)
             existing = self._models_dir / planned
             loaded = False
             if (existing / "model.json").is_file():
                 try:
-                    self.model = load_model(existing, threads=s.threads, cache_dir=s.cache_dir)
+                    self.model = load_model(existing, runtime=self.runtime)
                     loaded = True
                 except PhotolabelError:
                     self.model = None
@@ -107,20 +122,16 @@ class WorkerSession:
         """Train into a staging folder, then move it to models/<model_id>; the old model stays active until then."""
         from photolabel.training import train
 
-        s = self.settings
+        assert self.config is not None
         self._models_dir.mkdir(parents=True, exist_ok=True)
         staging = self._models_dir / f".incoming-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            result = train(
-                dataset, staging, backbone=s.backbone, head=s.head, seed=s.seed, valid_fraction=s.valid_fraction,
-                classes=s.classes or None, base_model=base, threads=s.threads, cache_dir=s.cache_dir,
-                write_run_json=False,
-            )
+            result = train(dataset, staging, self.config, self.runtime, base_model=base, write_run_json=False)
             final = self._models_dir / result.model_id
             if final.exists():
                 try:  # the same model, trained before (content-addressed): keep that copy
-                    return load_model(final, threads=s.threads, cache_dir=s.cache_dir)
+                    return load_model(final, runtime=self.runtime)
                 except PhotolabelError:  # a damaged leftover: replace it with the fresh one
                     shutil.rmtree(final, ignore_errors=True)
             try:
@@ -128,7 +139,7 @@ class WorkerSession:
             except OSError:
                 if not (final / "model.json").is_file():  # not another worker winning the race
                     raise
-            return load_model(final, threads=s.threads, cache_dir=s.cache_dir)
+            return load_model(final, runtime=self.runtime)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -166,8 +177,9 @@ class WorkerSession:
     def predict(self, image: str) -> dict[str, Any]:
         assert self.model is not None
         from photolabel.dataset import BadInput
+        from photolabel.inputs import read_images
 
-        (result,) = self.model.predict_batch([image])
+        (result,) = self.model.predict_batch(read_images([image], self.runtime.fetch))
         if isinstance(result, BadInput):
             return {"ok": False, "error": {"code": result.code, "message": result.message}}
         return {"ok": True, "label": result.label, "scores": result.scores, "model_id": result.model_id,
@@ -204,7 +216,8 @@ class WorkerSession:
         assert self.model is not None
         validation = (self.model.metrics.get("validation") or {}).get("accuracy")
         return {"ok": True, "model_id": self.model.model_id, "labels": list(self.model.labels),
-                "backbone": self.model.info["backbone"]["name"], "head": self.model.info["head"]["name"],
+                "backbone": self.model.card.backbone.name, "head": self.model.card.head.name,
+                "head_params": dict(self.model.card.head.params),
                 "n_images": len(self.model.lineage.get("images", [])), "validation_accuracy": validation,
                 "model_dir": str(self.model.path)}
 

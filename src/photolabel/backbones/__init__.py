@@ -40,7 +40,7 @@ def describe_backbones() -> dict[str, str]:
 def check_backbone_name(name: str) -> str:
     if name not in _REGISTRY:
         raise UnknownNameError(
-            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}"
+            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}", field="backbone"
         )
     return name
 

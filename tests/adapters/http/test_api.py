@@ -57,15 +57,15 @@ def running(settings: ServiceSettings, **client_options: Any) -> Iterator[TestCl
 def register_model(data_dir: Path, model_dir: Path) -> str:
     """Copy a trained model into DATA_DIR/models and list it in the service's registry; its id."""
     files = read_model_dir(model_dir)
-    target = data_dir / "models" / f"registered-{files.model['model_id'][:12]}"
+    target = data_dir / "models" / f"registered-{files.card.model_id[:12]}"
     if not target.exists():
         shutil.copytree(model_dir, target)
     Registry(data_dir / "photolabel.sqlite3").add_model(ModelRecord(
-        model_id=files.model["model_id"], job_id=None, path=str(target), labels=list(files.model["labels"]),
-        backbone=files.model["backbone"]["name"], head=files.model["head"]["name"], uri=None,
+        model_id=files.card.model_id, job_id=None, path=str(target), labels=list(files.card.labels),
+        backbone=files.card.backbone.name, head=files.card.head.name, uri=None,
         created_at=utc_now(),
     ))
-    return files.model["model_id"]
+    return files.card.model_id
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> str:
@@ -337,6 +337,8 @@ def test_predict_object_from_bucket_and_uri(tmp_path: Path, cache_dir: Path, tra
         assert_error(client.post(url, json={"bucket": "cmpsc445-uploads", "filename": "link.jpg"}), 422, "bad_path")
         assert_error(client.post(url, json={"bucket": "cmpsc445-uploads", "filename": "none.jpg"}), 404, "not_found")
         assert_error(client.post(url, json={"uri": f"file://{tmp_path}/secret.jpg"}), 422, "bad_uri")
+        assert_error(client.post(url, json={"uri": str(tmp_path / "secret.jpg")}), 422, "bad_uri")
+        assert_error(client.post(url, json={"uri": "ftp://host/x.jpg"}), 422, "bad_uri")
 
         fsspec = pytest.importorskip("fsspec", reason="fsspec is optional; the {uri} form needs it")
         with fsspec.open("memory://photolabel-test/sweater.jpg", "wb") as handle:

@@ -170,7 +170,6 @@ def test_422_undecodable_image(client: TestClient, model_id: str, jpeg: bytes) -
 
 @pytest.mark.parametrize("path, body", [
     ("/train", {"csv": {"url": "https://example.com/t.csv", "sha1": "not-a-sha1"}}),
-    ("/train", {"metadata": {"random_seed": -1}, "csv": {"url": "https://example.com/t.csv", "sha1": "a" * 40}}),
     ("/train", ["not", "an", "object"]),
     ("/infer", {"model": {"sha1": "a" * 40}}),
     ("/v1/models/{model_id}/predict", {"urls": []}),
@@ -182,12 +181,27 @@ def test_422_invalid_field(client: TestClient, model_id: str, path: str, body: o
     assert_alive(client)
 
 
+def test_422_seed_api_seed_out_of_range(client: TestClient) -> None:
+    body = {"metadata": {"random_seed": -1}, "csv": {"url": "https://example.com/t.csv", "sha1": "a" * 40}}
+    assert "seed must be in 0..4294967295" in assert_error(client.post("/train", json=body), 422, "invalid_config")
+    assert_alive(client)
+
+
 def test_422_invalid_training_upload(client: TestClient) -> None:
     archive = ("d.tar.gz", b"\x1f\x8b not really", "application/gzip")
     assert "known backbones" in assert_error(
         client.post("/v1/train", files={"data": archive}, data={"backbone": "resnet-9000"}), 422, "unknown_name")
-    assert_error(client.post("/v1/train", files={"data": archive}, data={"valid_fraction": "1.5"}),
-                 422, "invalid_request")
+    assert "valid_fraction must be in [0, 1)" in assert_error(
+        client.post("/v1/train", files={"data": archive}, data={"valid_fraction": "1.5"}), 422, "invalid_config")
+    for form, field in (({"seed": "-1"}, "seed must be in 0..4294967295"),
+                        ({"head_params": '{"C": 0}'}, "head parameter C=0: expected float in (0, inf)"),
+                        ({"head": "nb", "head_params": '{"C": 1}'}, "head 'nb' has no parameter 'C'"),
+                        ({"head": "xgboost"}, "known heads: cart")):
+        message = assert_error(client.post("/v1/train", files={"data": archive}, data=form), 422,
+                               "unknown_name" if "xgboost" in form.get("head", "") else "invalid_config")
+        assert field in message
+    assert "not a JSON object" in assert_error(
+        client.post("/v1/train", files={"data": archive}, data={"head_params": "C=1"}), 422, "invalid_config")
     assert_error(client.post("/v1/train", files={"data": ("d.exe", b"MZ", "application/octet-stream")}),
                  422, "bad_upload")
     assert_error(client.post("/v1/train", data={"seed": "1"}), 422, "invalid_request")

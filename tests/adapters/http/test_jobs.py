@@ -17,8 +17,19 @@ import pytest
 from support import QuietHandler, serve_http
 
 import photolabel
-from photolabel.adapters.http.jobs import JobRunner, TrainSpec, model_dir_for
-from photolabel.adapters.http.store import Job, Registry
+from photolabel.adapters.http import job_kinds
+from photolabel.adapters.http.job_kinds import (
+    TRAIN_KIND,
+    JobContext,
+    TrainSpec,
+    list_job_kinds,
+    model_dir_for,
+    register_job_kind,
+)
+from photolabel.adapters.http.jobs import JobRunner, run_job
+from photolabel.adapters.http.store import Job, ModelRecord, Registry, utc_now
+from photolabel.config import TrainConfig
+from photolabel.errors import DataError
 from photolabel.fetch import FetchOptions
 
 LABELS = ["blouse", "halter", "sweater"]
@@ -353,7 +364,76 @@ def test_a_job_interrupted_too_often_becomes_an_error_and_is_not_run(
 
 
 def test_train_spec_round_trips_through_json() -> None:
-    spec = TrainSpec(data="/d/uploads/a.csv", urls_only="https://x/a.csv", seed=7, classes=["a", "b"],
+    config = TrainConfig(seed=7, classes=("a", "b"), head="knn", head_params={"n_neighbors": 3})
+    spec = TrainSpec(data="/d/uploads/a.csv", config=config.to_dict(), urls_only="https://x/a.csv",
                      model_uri="gs://b/m", skip_bad=True)
     assert TrainSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.train_config() == config
     assert TrainSpec.from_dict({"data": "x", "added_later": 1}) == TrainSpec(data="x")
+    # a spec queued by the previous version (flat settings) still runs with the same settings
+    older = TrainSpec.from_dict({"data": "x", "seed": 7, "head": "nb", "classes": ["a", "b"], "valid_fraction": 0.2})
+    assert older.train_config() == TrainConfig(seed=7, head="nb", classes=("a", "b"), valid_fraction=0.2)
+
+
+# --- job kinds: one registration each; run_job keeps the bookkeeping --------------------------
+
+
+@pytest.fixture
+def scratch_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kinds a test registers are gone after it."""
+    monkeypatch.setattr(job_kinds, "_JOB_KINDS", dict(job_kinds._JOB_KINDS))
+
+
+def _run_claimed(registry: Registry, job_id: str, kind: str, data_dir: Path) -> Job:
+    """Create job ``job_id`` of ``kind``, claim it as the runner would, and run it here."""
+    registry.create_job(job_id, kind, {"word": "hello"})
+    claimed = registry.claim_next_job()
+    assert claimed is not None and claimed.job_id == job_id
+    return run_job(registry, job_id, data_dir=data_dir, cache_dir=None, fetch_options=FetchOptions(), threads=3)
+
+
+def test_a_registered_kind_runs_through_run_job_and_its_model_is_recorded(
+    registry: Registry, data_dir: Path, scratch_kinds: None
+) -> None:
+    seen: list[tuple[str, float]] = []
+
+    def echo(context: JobContext) -> ModelRecord:
+        context.progress("echoing", 0.5)
+        job = context.registry.get_job(context.job.job_id)
+        assert job is not None
+        seen.append((job.stage, job.progress))
+        assert (context.data_dir, context.threads, context.job.spec) == (data_dir, 3, {"word": "hello"})
+        return ModelRecord(model_id="e" * 64, job_id=context.job.job_id, path=str(data_dir / "echo"),
+                           labels=["hello"], backbone="none", head="none", uri=None, created_at=utc_now())
+
+    register_job_kind("echo", echo)
+    assert list_job_kinds() == sorted([TRAIN_KIND, "echo"])
+    job = _run_claimed(registry, "echo-job", "echo", data_dir)
+    assert seen == [("echoing", 0.5)]
+    assert (job.status, job.stage, job.progress, job.error_code, job.model_id) == ("ready", "done", 1.0, None, "e" * 64)
+    record = registry.get_model("e" * 64)
+    assert record is not None and (record.job_id, record.labels) == ("echo-job", ["hello"])
+
+
+def test_a_kind_without_a_model_ends_ready_and_its_errors_are_recorded_without_server_paths(
+    registry: Registry, data_dir: Path, scratch_kinds: None
+) -> None:
+    register_job_kind("noop", lambda context: None)
+    job = _run_claimed(registry, "noop-job", "noop", data_dir)
+    assert (job.status, job.model_id) == ("ready", None)
+
+    def refuse(context: JobContext) -> None:
+        raise DataError(f"{context.data_dir / 'uploads' / 'x.csv'}: no rows")
+
+    register_job_kind("refuse", refuse)
+    job = _run_claimed(registry, "refuse-job", "refuse", data_dir)
+    assert (job.status, job.stage, job.error_code) == ("error", "failed", DataError.code)
+    assert job.error == "DATA_DIR/uploads/x.csv: no rows"
+    with pytest.raises(ValueError, match="already registered"):
+        register_job_kind("refuse", refuse)
+
+
+def test_an_unknown_kind_is_a_job_error_naming_the_known_kinds(registry: Registry, data_dir: Path) -> None:
+    job = _run_claimed(registry, "odd-job", "no-such-kind", data_dir)
+    assert (job.status, job.stage, job.error_code, job.model_id) == ("error", "failed", "unknown_name", None)
+    assert job.error is not None and "'no-such-kind'" in job.error and TRAIN_KIND in job.error

@@ -1,12 +1,13 @@
-"""Training jobs, run outside the request path in child processes.
+"""Jobs, run outside the request path in child processes.
 
 A :class:`JobRunner` owns one dispatcher thread. It claims queued jobs from the
 :class:`~photolabel.adapters.http.store.Registry` and runs each in a child process
 (``python -m photolabel.adapters.http.jobs JOB_ID DB_PATH ...``), at most ``workers``
 at a time. The child lowers its priority, asks the kernel to kill it if the server
-dies, trains with :func:`photolabel.train`, and writes its progress and its result
-into the job row itself. The parent only watches exit codes: a child that exits
-without recording a result leaves its job in error ("training process died").
+dies, and runs :func:`run_job`: the handler of the job's kind (see :mod:`.job_kinds`)
+does the work, and its progress and its result go into the job row itself. The parent
+only watches exit codes: a child that exits without recording a result leaves its job
+in error ("training process died").
 
 A job still ``in_progress`` when the server stops (or crashes) is requeued by the
 next :meth:`JobRunner.start` (see :meth:`Registry.recover_interrupted`). Model
@@ -29,61 +30,21 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from photolabel.adapters.http.store import Job, ModelRecord, Registry, utc_now
+from photolabel.adapters.http.job_kinds import JobContext, get_job_kind
+from photolabel.adapters.http.store import Job, Registry
 from photolabel.errors import PhotolabelError
 from photolabel.fetch import FetchOptions
-from photolabel.training import DEFAULT_BACKBONE, DEFAULT_HEAD, DEFAULT_SEED, DEFAULT_VALID_FRACTION
 
 log = logging.getLogger("photolabel.http.jobs")
 
-TRAIN_KIND = "train"
 PROGRESS_INTERVAL_S = 0.2  # at most 5 progress writes a second (plus one per stage change)
 DEFAULT_MAX_ATTEMPTS = 3
 _POLL_S = 0.1  # how often the dispatcher looks at its children
 _RESCAN_S = 2.0  # how often it looks for queued jobs nobody told it about
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """What a training job trains on and how; stored as JSON in ``Job.spec``.
-
-    ``data`` is a local path (a CSV or an archive saved by the service, or a folder).
-    ``urls_only`` names where an untrusted CSV came from (its URL, or "upload"): its
-    rows may then only be http(s) URLs (see :func:`photolabel.sources.load_dataset`).
-    ``model_uri`` is the seed API's ``model.uri``, recorded only.
-    """
-
-    data: str
-    urls_only: str | None = None
-    seed: int = DEFAULT_SEED
-    backbone: str = DEFAULT_BACKBONE
-    head: str = DEFAULT_HEAD
-    valid_fraction: float = DEFAULT_VALID_FRACTION
-    classes: list[str] | None = None
-    model_uri: str | None = None
-    skip_bad: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> TrainSpec:
-        """The spec in ``spec``; unknown keys are ignored (specs written by a newer version)."""
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in spec.items() if key in known}
-        if values.get("classes") is not None:
-            values["classes"] = list(values["classes"])
-        return cls(**values)
-
-
-def model_dir_for(data_dir: str | Path, job_id: str) -> Path:
-    """Where the model of job ``job_id`` is written: ``DATA_DIR/models/<job_id>``."""
-    return Path(data_dir) / "models" / job_id
 
 
 # --- the parent: dispatcher thread ------------------------------------------------------------
@@ -280,7 +241,7 @@ class JobRunner:
             self._children.clear()
 
 
-# --- the child: one training run ---------------------------------------------------------------
+# --- the child: one job run --------------------------------------------------------------------
 
 
 class _ProgressWriter:
@@ -317,32 +278,23 @@ def run_job(
     fetch_options: FetchOptions,
     threads: int = 1,
 ) -> Job:
-    """Train job ``job_id`` here and now; record progress and the result in its row. Returns the job.
+    """Run job ``job_id`` here and now with the handler of its kind; record progress and the result in its row.
 
-    Every failure is recorded, none raised: a :class:`PhotolabelError` with its code and
-    one-line message, anything else as code "internal" (traceback on stderr).
-    Raises ``KeyError`` only for an unknown job.
+    Returns the job. A model the handler returns is added to the registry and named
+    in the job. Every failure is recorded, none raised: a :class:`PhotolabelError`
+    with its code and one-line message (an unknown kind is an ``unknown_name``
+    error listing the kinds this server runs), anything else as code "internal"
+    (traceback on stderr). Raises ``KeyError`` only for an unknown job.
     """
-    from photolabel.sources import load_dataset
-    from photolabel.training import train
-
     job = registry.get_job(job_id)
     if job is None:
         raise KeyError(job_id)
+    context = JobContext(registry=registry, job=job, data_dir=Path(data_dir),
+                         cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                         fetch_options=fetch_options, threads=threads, progress=_ProgressWriter(registry, job_id))
     try:
-        if job.kind != TRAIN_KIND:
-            raise ValueError(f"unknown job kind {job.kind!r}")
-        spec = TrainSpec.from_dict(job.spec)
-        progress = _ProgressWriter(registry, job_id)
-        progress("loading", 0.0)
-        dataset = load_dataset(spec.data, classes=spec.classes, skip_bad=spec.skip_bad,
-                               fetch_options=fetch_options, urls_only=spec.urls_only)
-        try:
-            result = train(dataset, model_dir_for(data_dir, job_id), backbone=spec.backbone, head=spec.head,
-                           seed=spec.seed, valid_fraction=spec.valid_fraction, threads=threads,
-                           cache_dir=cache_dir, skip_bad=spec.skip_bad, on_progress=progress)
-        finally:
-            dataset.close()
+        handler = get_job_kind(job.kind)
+        record = handler(context)
     except PhotolabelError as exc:
         registry.update_job(job_id, status="error", stage="failed", error_code=exc.code,
                             error=_public_message(str(exc), data_dir))
@@ -352,18 +304,10 @@ def run_job(
         registry.update_job(job_id, status="error", stage="failed", error_code="internal",
                             error=f"internal error: {type(exc).__name__}: {exc}")
     else:
-        registry.add_model(ModelRecord(
-            model_id=result.model_id,
-            job_id=job_id,
-            path=str(result.path),
-            labels=list(result.model.labels),
-            backbone=spec.backbone,
-            head=spec.head,
-            uri=spec.model_uri,
-            created_at=utc_now(),
-        ))
+        if record is not None:
+            registry.add_model(record)
         registry.update_job(job_id, status="ready", stage="done", progress=1.0, error_code=None, error=None,
-                            model_id=result.model_id)
+                            model_id=record.model_id if record is not None else None)
     final = registry.get_job(job_id)
     return final if final is not None else job
 
@@ -385,7 +329,7 @@ def _become_background_child(parent_pid: int | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m photolabel.adapters.http.jobs",
-                                     description="Run one queued training job of the photolabel service.")
+                                     description="Run one queued job of the photolabel service.")
     parser.add_argument("job_id")
     parser.add_argument("db_path", type=Path)
     parser.add_argument("--data-dir", type=Path, required=True)

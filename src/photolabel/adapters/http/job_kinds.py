@@ -1,0 +1,148 @@
+"""What a job does, by kind: the registry of job kinds, and the built-in ``train`` kind.
+
+A kind is a handler ``handler(context: JobContext) -> ModelRecord | None`` registered under
+a name (the ``Job.kind`` of the jobs it runs) with :func:`register_job_kind`.
+:func:`~photolabel.adapters.http.jobs.run_job` looks the kind up and keeps the bookkeeping
+every kind shares: it records failures as job errors, adds the model a handler returns
+to the registry, and marks the job ready.
+
+To add a kind, write its handler and register it below, next to ``train``. Kinds must be
+registered when this module is imported: the job's child process
+(``python -m photolabel.adapters.http.jobs``) knows only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from photolabel.adapters.http.store import Job, ModelRecord, Registry, utc_now
+from photolabel.config import TRAIN_DEFAULTS, Runtime, TrainConfig
+from photolabel.errors import UnknownNameError
+from photolabel.fetch import FetchOptions
+
+TRAIN_KIND = "train"
+
+ProgressCallback = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job handler gets: its job, where the service keeps files, and how to report progress.
+
+    ``progress(stage, fraction)`` writes into the job row (throttled); ``fetch_options``
+    are the service's limits on URL downloads; ``threads`` is what the backbone may use.
+    """
+
+    registry: Registry
+    job: Job
+    data_dir: Path
+    cache_dir: Path | None
+    fetch_options: FetchOptions
+    threads: int
+    progress: ProgressCallback
+
+
+JobHandler = Callable[[JobContext], ModelRecord | None]
+"""Runs one job; returns the model it made (added to the registry by ``run_job``), or None.
+Raises :class:`~photolabel.errors.PhotolabelError` for failures the client should read."""
+
+_JOB_KINDS: dict[str, JobHandler] = {}
+
+
+def register_job_kind(kind: str, handler: JobHandler) -> JobHandler:
+    """Run jobs of kind ``kind`` with ``handler``; returns the handler.
+
+    Raises ``ValueError`` when ``kind`` is already registered.
+    """
+    if kind in _JOB_KINDS:
+        raise ValueError(f"job kind {kind!r} is already registered")
+    _JOB_KINDS[kind] = handler
+    return handler
+
+
+def list_job_kinds() -> list[str]:
+    return sorted(_JOB_KINDS)
+
+
+def get_job_kind(kind: str) -> JobHandler:
+    """The handler of job kind ``kind``.
+
+    Raises:
+        UnknownNameError: no such kind; the message lists the known ones.
+    """
+    if kind not in _JOB_KINDS:
+        raise UnknownNameError(f"unknown job kind {kind!r}; this server runs: {', '.join(list_job_kinds())}")
+    return _JOB_KINDS[kind]
+
+
+# --- train: fit a model on a data set ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What a training job trains on and how; stored as JSON in ``Job.spec``.
+
+    ``data`` is a local path (a CSV or an archive saved by the service, or a folder).
+    ``urls_only`` names where an untrusted CSV came from (its URL, or "upload"): its
+    rows may then only be remote URLs (see :func:`photolabel.sources.load_dataset`).
+    ``config`` is the :class:`~photolabel.config.TrainConfig` as a dict (checked when the
+    request was taken). ``model_uri`` is the seed API's ``model.uri``, recorded only.
+    """
+
+    data: str
+    config: dict[str, Any] = field(default_factory=lambda: TRAIN_DEFAULTS.to_dict())
+    urls_only: str | None = None
+    model_uri: str | None = None
+    skip_bad: bool = False
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> TrainSpec:
+        """The spec in ``spec``; unknown keys are ignored (specs written by a newer version). Specs written
+        before the config was one object (flat ``seed``, ``head``, ...) are read too."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in spec.items() if key in known}
+        if "config" not in values:
+            flat = {key: spec[key] for key in ("backbone", "head", "seed", "valid_fraction", "classes")
+                    if spec.get(key) is not None}
+            values["config"] = TrainConfig.from_dict(flat).to_dict()
+        return cls(**values)
+
+
+def model_dir_for(data_dir: str | Path, job_id: str) -> Path:
+    """Where the model of job ``job_id`` is written: ``DATA_DIR/models/<job_id>``."""
+    return Path(data_dir) / "models" / job_id
+
+
+def train_job(context: JobContext) -> ModelRecord:
+    """The ``train`` kind: train on the job's :class:`TrainSpec` with :func:`photolabel.train`."""
+    # imported here: the server process only queues jobs and need not load the training stack
+    from photolabel.sources import load_dataset
+    from photolabel.training import train
+
+    job_id = context.job.job_id
+    spec = TrainSpec.from_dict(context.job.spec)
+    context.progress("loading", 0.0)
+    config = spec.train_config()
+    runtime = Runtime(threads=context.threads, cache_dir=context.cache_dir, fetch=context.fetch_options)
+    dataset = load_dataset(spec.data, classes=config.classes, skip_bad=spec.skip_bad,
+                           fetch_options=context.fetch_options, urls_only=spec.urls_only)
+    try:
+        result = train(dataset, model_dir_for(context.data_dir, job_id), config, runtime, skip_bad=spec.skip_bad,
+                       on_progress=context.progress)
+    finally:
+        dataset.close()
+    return ModelRecord(model_id=result.model_id, job_id=job_id, path=str(result.path),
+                       labels=list(result.model.labels), backbone=config.backbone, head=config.head,
+                       uri=spec.model_uri, created_at=utc_now())
+
+
+register_job_kind(TRAIN_KIND, train_job)

@@ -1,0 +1,90 @@
+"""Seed 002's API, with its exact request and response shapes: ``POST /train`` on a CSV of image URLs
+(repeat it to follow the job) and ``POST /infer`` on one image URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from photolabel.adapters.http.deps import ServiceDep, resolve_model
+from photolabel.adapters.http.errors import Sha1MismatchError
+from photolabel.adapters.http.job_kinds import TRAIN_KIND, TrainSpec
+from photolabel.adapters.http.predicting import predict_one
+from photolabel.adapters.http.schemas import InferRequest, TrainRequest, TrainStatus, error_responses
+from photolabel.adapters.http.store import Job
+from photolabel.config import TrainConfig
+from photolabel.embedding import ImageInput
+from photolabel.fsutil import atomic_write_bytes
+from photolabel.hashing import canonical_json, sha1_bytes
+
+logger = logging.getLogger("photolabel.http")
+
+router = APIRouter(tags=["seed 002"])
+
+
+def seed_model_sha1(csv_sha1: str, config: TrainConfig) -> str:
+    """The seed API's ``model_sha1``: it depends only on the CSV's content and the training configuration."""
+    params = {"csv_sha1": csv_sha1.lower(), "config": config.to_dict()}
+    return hashlib.sha1(canonical_json(params)).hexdigest()
+
+
+def _seed_status(job: Job) -> dict[str, Any]:
+    status = {"queued": "in_progress", "in_progress": "in_progress"}.get(job.status, job.status)
+    answer: dict[str, Any] = {"model_sha1": job.job_id, "status": status}
+    if job.status == "error":
+        answer["error"] = {"code": job.error_code or "error", "message": job.error or ""}
+    return answer
+
+
+@router.post("/train", response_model=TrainStatus, response_model_exclude_none=True,
+             responses=error_responses(400, 413, 422),
+             summary="Train a model on a CSV of image URLs (seed 002)")
+async def train_from_csv(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
+    """Start training, or report on it. Repeat the same request to follow it:
+    `new` → `in_progress` → `ready` (or `error`). The CSV is fetched only the first time;
+    its sha1 must match `csv.sha1`, and its rows may only be http(s) URLs."""
+    settings = service.settings
+    seed = body.metadata.random_seed if body.metadata.random_seed is not None else settings.random_seed
+    config = TrainConfig(seed=seed, valid_fraction=settings.valid_fraction)  # the seed API trains the defaults
+    csv_sha1 = body.csv.sha1.lower()
+    model_sha1 = seed_model_sha1(csv_sha1, config)
+    job = await run_in_threadpool(service.registry.get_job, model_sha1)
+    if job is not None:
+        return _seed_status(job)
+    data = await run_in_threadpool(service.fetch, body.csv.url)
+    found = sha1_bytes(data)
+    if found != csv_sha1:
+        raise Sha1MismatchError(f"csv.url {body.csv.url}: the file's sha1 is {found}, but the request says "
+                                f"{csv_sha1}; fix csv.sha1 or the file")
+    path = service.uploads / f"{csv_sha1}.csv"
+    spec = TrainSpec(data=str(path), config=config.to_dict(), urls_only=body.csv.url,
+                     model_uri=body.model.uri or None, skip_bad=False)
+
+    def save_and_create() -> tuple[Job, bool]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        return service.registry.create_job(model_sha1, TRAIN_KIND, asdict(spec))
+
+    job, created = await run_in_threadpool(save_and_create)
+    if not created:
+        return _seed_status(job)
+    service.runner.submit(model_sha1)
+    logger.info("job %s: queued from %s", model_sha1, body.csv.url)
+    return {"model_sha1": model_sha1, "status": "new"}
+
+
+@router.post("/infer", response_model=dict[str, float], responses=error_responses(404, 409, 413, 415, 422, 503),
+             summary="Label one image by URL (seed 002)")
+async def infer(body: InferRequest, service: ServiceDep) -> dict[str, float]:
+    """Every label's probability for the image at `image.url`, e.g.
+    `{"blouse": 0.02, "halter": 0.01, "sweater": 0.97}`."""
+    record = await run_in_threadpool(resolve_model, service, body.model.sha1)
+    data = await run_in_threadpool(service.fetch, body.image.url)
+    result = await predict_one(service, record, ImageInput(source=body.image.url, data=data))
+    return dict(result.scores)

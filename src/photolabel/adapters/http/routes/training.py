@@ -1,0 +1,165 @@
+"""Training and jobs under ``/v1``: ``POST /v1/train`` (an archive or CSV upload), ``GET /v1/jobs``,
+``GET /v1/jobs/{job_id}`` and ``POST /v1/jobs/{job_id}/retry``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from photolabel.adapters.http.deps import Service, ServiceDep
+from photolabel.adapters.http.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from photolabel.adapters.http.job_kinds import TRAIN_KIND, TrainSpec
+from photolabel.adapters.http.schemas import JobCreated, JobId, JobList, JobView, error_responses
+from photolabel.archives import ARCHIVE_SUFFIXES
+from photolabel.config import TRAIN_DEFAULTS, TrainConfig
+from photolabel.dataset import parse_label_list
+from photolabel.errors import DataError
+from photolabel.hashing import canonical_json
+
+logger = logging.getLogger("photolabel.http")
+
+router = APIRouter(prefix="/v1", tags=["training"])
+
+_COPY_CHUNK = 1 << 20
+
+
+def upload_job_id(upload_sha256: str, spec: TrainSpec) -> str:
+    """``/v1/train``'s job id: sha1 over the upload's sha256 and every parameter that changes the model."""
+    params = {"upload_sha256": upload_sha256, "config": spec.config, "skip_bad": spec.skip_bad}
+    return hashlib.sha1(canonical_json(params)).hexdigest()
+
+
+def _save_upload(source: IO[bytes], folder: Path, suffix: str, max_bytes: int) -> tuple[Path, str, int]:
+    """Copy an upload into ``folder/<sha256><suffix>`` (atomically); returns (path, sha256, size)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            while chunk := source.read(_COPY_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLargeError(f"the upload is over the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+        target = folder / f"{digest.hexdigest()}{suffix}"
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return target, digest.hexdigest(), size
+
+
+def _upload_suffix(filename: str) -> str:
+    name = filename.lower()
+    for suffix in (*ARCHIVE_SUFFIXES, ".csv"):
+        if name.endswith(suffix):
+            return suffix
+    raise InvalidRequestError(
+        f"data: {filename or 'the upload'} is not a data set; upload a {', '.join(ARCHIVE_SUFFIXES)} archive "
+        "of label folders, or a .csv of image_url,label[,sha1] rows", code="bad_upload")
+
+
+def _train_config(service: Service, *, seed: int | None, backbone: str, head: str, head_params: str | None,
+                  valid_fraction: float | None, classes: str | None) -> TrainConfig:
+    """The request's TrainConfig, settings filling what it leaves out. Checked by the core: a bad value is a
+    ConfigError (422 with the field named)."""
+    try:
+        names = parse_label_list(classes)
+    except DataError as exc:
+        raise InvalidRequestError(f"classes: {exc}") from None
+    params: Any = {}
+    if head_params and head_params.strip():
+        try:
+            params = json.loads(head_params)
+        except ValueError as exc:
+            raise InvalidRequestError(f"head_params: not a JSON object ({exc})", code="invalid_config") from None
+    settings = service.settings
+    return TrainConfig(
+        backbone=backbone, head=head, head_params=params,
+        seed=settings.random_seed if seed is None else seed,
+        valid_fraction=settings.valid_fraction if valid_fraction is None else valid_fraction,
+        classes=names,
+    )
+
+
+@router.post("/train", status_code=202, response_model=JobCreated, response_model_exclude_none=True,
+             responses={200: {"model": JobCreated, "description": "The same upload and parameters: the existing job."},
+                        **error_responses(413, 422)},
+             summary="Train a model on an uploaded archive or CSV")
+async def train_upload(
+    service: ServiceDep,
+    response: Response,
+    data: Annotated[UploadFile, File(description="A .tar.gz/.tgz/.tar/.zip archive of one folder per label "
+                                                 "(or train/ and valid/), or a .csv of image_url,label[,sha1].")],
+    seed: Annotated[int | None, Form(description="0 to 4294967295; default RANDOM_SEED.")] = None,
+    backbone: Annotated[str, Form(description="See `photolabel backbones`.")] = TRAIN_DEFAULTS.backbone,
+    head: Annotated[str, Form(description="See `photolabel heads`.")] = TRAIN_DEFAULTS.head,
+    head_params: Annotated[str | None, Form(description='The head\'s hyperparameters as a JSON object, e.g. '
+                                                        '`{"C": 0.1}`; `photolabel heads` lists them with their '
+                                                        'defaults and ranges.')] = None,
+    valid_fraction: Annotated[float | None, Form(description="In [0, 1); default 1 - TRAIN_PERCENTAGE.")] = None,
+    classes: Annotated[str | None, Form(description="Labels in this order, space or comma separated.")] = None,
+    skip_bad: Annotated[bool, Form(description="Skip unreadable images instead of failing.")] = False,
+) -> dict[str, Any]:
+    """Queue a training job (202), or find the job already made from the same bytes and parameters (200).
+    Follow it with `GET /v1/jobs/{job_id}`."""
+    settings = service.settings
+    suffix = _upload_suffix(data.filename or "")
+    config = _train_config(service, seed=seed, backbone=backbone, head=head, head_params=head_params,
+                           valid_fraction=valid_fraction, classes=classes)
+    path, sha256, size = await run_in_threadpool(_save_upload, data.file, service.uploads, suffix,
+                                                 settings.max_train_upload_bytes)
+    if size == 0:
+        raise InvalidRequestError(f"data: {data.filename} is empty", code="bad_upload")
+    spec = TrainSpec(data=str(path), config=config.to_dict(), urls_only="upload" if suffix == ".csv" else None,
+                     model_uri=None, skip_bad=skip_bad)
+    job_id = upload_job_id(sha256, spec)
+    job, created = await run_in_threadpool(service.registry.create_job, job_id, TRAIN_KIND, asdict(spec))
+    if created:
+        service.runner.submit(job_id)
+        logger.info("job %s: queued from upload %s (%d bytes)", job_id, data.filename, size)
+    else:
+        response.status_code = 200
+    return {"job_id": job.job_id, "model_sha1": job.job_id, "status": job.status, "model_id": job.model_id}
+
+
+@router.get("/jobs", response_model=JobList, summary="The newest jobs")
+def list_jobs(service: ServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    return {"jobs": [job.to_dict() for job in service.registry.list_jobs(limit)]}
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, responses=error_responses(404),
+            summary="One job: status, stage, progress, error")
+def get_job(job_id: JobId, service: ServiceDep) -> dict[str, Any]:
+    job = service.registry.get_job(job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id!r}; GET /v1/jobs lists them")
+    return job.to_dict()
+
+
+@router.post("/jobs/{job_id}/retry", response_model=JobView, responses=error_responses(404),
+             summary="Queue a failed job again")
+def retry_job(job_id: JobId, service: ServiceDep) -> dict[str, Any]:
+    """A job in error goes back to the queue; a job in any other status is returned unchanged."""
+    try:
+        before = service.registry.get_job(job_id)
+        if before is None:
+            raise KeyError(job_id)
+        job = service.registry.retry_job(job_id)
+    except KeyError:
+        raise NotFoundError(f"no job {job_id!r}; GET /v1/jobs lists them") from None
+    if before.status == "error" and job.status == "queued":
+        service.runner.submit(job_id)
+    return job.to_dict()
