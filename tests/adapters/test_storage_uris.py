@@ -161,3 +161,18 @@ def test_the_service_loads_and_serves_a_model_by_uri(s3_bucket: str, trained_mod
         missing = client.post(f"/v1/models/{card.model_id}/predict-object", json={"uri": f"s3://{s3_bucket}/photos/x.jpg"})
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     shutil.rmtree(tmp_path / "data")
+
+
+def test_the_worker_starts_from_and_predicts_images_in_a_bucket(bucket_data: str, s3_bucket: str, small_data: Path,
+                                                                 trained_model: Path, tmp_path: Path) -> None:
+    from photolabel.adapters.worker import WorkerSession, WorkerSettings
+
+    session = WorkerSession(WorkerSettings(dataset=bucket_data, classes=(), work_dir=tmp_path / "w"))
+    ready = session.start()
+    assert ready["ok"] and ready["labels"] == list(LABELS)
+    assert ready["model_id"] == json.loads((trained_model / "model.json").read_text())["model_id"]
+    image = f"{bucket_data}halter/{min((small_data / 'halter').iterdir()).name}"
+    answer = session.handle(f"predict {image}")
+    assert answer is not None and answer["ok"] and answer["image"] == image
+    missing = session.handle(f"predict {bucket_data}halter/none.jpg")
+    assert missing is not None and missing["ok"] is False and "none.jpg" in missing["error"]["message"]

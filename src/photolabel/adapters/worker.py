@@ -65,8 +65,13 @@ class WorkerSettings:
         return Runtime(threads=self.threads, cache_dir=self.cache_dir)
 
 
-def resolve_dataset(name: str, cwd: Path | None = None) -> Path:
-    """A path to a folder or archive, or seed 000's bare name for ``NAME.tar.gz`` in the working directory."""
+def resolve_dataset(name: str, cwd: Path | None = None) -> Path | str:
+    """A path to a folder or archive, a storage URI (kept as it is), or seed 000's bare name for
+    ``NAME.tar.gz`` in the working directory."""
+    from photolabel import storage
+
+    if not storage.is_local(name):
+        return name
     base = cwd or Path.cwd()
     path = base / name
     if path.exists():
@@ -186,14 +191,15 @@ class WorkerSession:
                 "image": result.image, "sha256": result.sha256}
 
     def retrain(self, train_archive: str, valid_archive: str) -> dict[str, Any]:
+        from photolabel import storage
         from photolabel.sources import load_dataset
 
         assert self.model is not None
         loaded: list[Dataset] = []
         try:
             for name, split in ((train_archive, "train"), (valid_archive, "valid")):
-                path = Path(name)
-                if not path.exists():
+                path: Path | str = name if not storage.is_local(name) else Path(name)
+                if isinstance(path, Path) and not path.exists():
                     raise SourceNotFoundError(f"{name}: no such archive")
                 dataset = load_dataset(path, classes=self.settings.classes or None, require_labels=False)
                 loaded.append(dataset)
