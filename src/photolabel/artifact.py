@@ -125,7 +125,8 @@ class ModelCard:
             head = doc["head"]
             backbone = doc["backbone"]
             config = dict(doc["config"])
-            checkable = "version" in head and "head_params" in config
+            # ids are recomputed only for cards that hold every setting the id covers now
+            checkable = "version" in head and set(TrainConfig().to_dict()) <= set(config)
             if not config.get("head_params"):
                 config["head_params"] = head.get("params") or {}
             return cls(

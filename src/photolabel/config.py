@@ -26,6 +26,8 @@ from photolabel.images import DEFAULT_MAX_PIXELS
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 MAX_THREADS = 256
 MAX_BATCH_SIZE = 4096
+MAX_AUGMENT = 16
+PRESETS = (None, "best")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,14 @@ class TrainConfig:
     those not given included), so changing a built-in default changes the model id.
     ``classes`` fixes the label order (None: sorted label names); in a trained model's
     card it is the resolved label order.
+
+    ``augment``: K augmented views of each training image (0: none). ``finetune``: tune the
+    backbone's last blocks too. ``max_per_label``: keep at most N images per label (0: the
+    smallest label's count; None: all). ``balance``: weight classes inversely to their
+    counts. ``calibrate``: fit a temperature on validation. ``unknown``: answer "unknown"
+    for images far from the training data or below a confidence threshold chosen on
+    validation. ``tune``: choose the head's parameters by k-fold cross-validation;
+    ``preset="best"`` searches heads, augmentation and fine-tuning too.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -44,6 +54,14 @@ class TrainConfig:
     seed: int = 1234
     valid_fraction: float = 0.1
     classes: tuple[str, ...] | None = None
+    augment: int = 0
+    finetune: bool = False
+    max_per_label: int | None = None
+    balance: bool = False
+    calibrate: bool = True
+    unknown: bool = True
+    tune: bool = False
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         from photolabel.backbones import check_backbone_name
@@ -58,6 +76,15 @@ class TrainConfig:
                               field="head_params")
         _set(self, "head_params", head_cls.check_params(self.head_params))
         _set(self, "classes", _check_classes(self.classes))
+        _set(self, "augment", _check_int("augment", self.augment, 0, MAX_AUGMENT))
+        if self.max_per_label is not None:
+            _set(self, "max_per_label", _check_int("max_per_label", self.max_per_label, 0, 10**9))
+        for name in ("finetune", "balance", "calibrate", "unknown", "tune"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}", field=name)
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {', '.join(str(p) for p in PRESETS if p)}, got {self.preset!r}",
+                              field="preset")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied, checked again. Changing the head resets its parameters
@@ -75,14 +102,24 @@ class TrainConfig:
             "seed": self.seed,
             "valid_fraction": self.valid_fraction,
             "classes": list(self.classes) if self.classes is not None else None,
+            "augment": self.augment,
+            "finetune": self.finetune,
+            "max_per_label": self.max_per_label,
+            "balance": self.balance,
+            "calibrate": self.calibrate,
+            "unknown": self.unknown,
+            "tune": self.tune,
+            "preset": self.preset,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """The config a ``to_dict`` (or an older model.json without the newer keys) describes; unknown keys
-        are ignored."""
+        are ignored. A feature whose key is missing did not exist when it was written: it is off."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in data.items() if key in known and value is not None}
+        for switched_on_by_default in ("calibrate", "unknown"):
+            values.setdefault(switched_on_by_default, False)
         if "classes" in values:
             values["classes"] = tuple(values["classes"])
         return cls(**values)

@@ -182,7 +182,9 @@ class Head(ABC):
         return {name: getattr(self, name) for name in self.param_names()}
 
     @abstractmethod
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> Head: ...
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, *, sample_weight: np.ndarray | None = None) -> Head:
+        """Fit on embeddings ``X`` (N, D) and label indices ``y``; ``sample_weight`` (N,) weights rows
+        (class balancing). Raises ConfigError when the head cannot weight rows."""
 
     @abstractmethod
     def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
@@ -280,14 +282,15 @@ class LogisticHead(Head):
         self.C = C
         self.max_iter = max_iter
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> LogisticHead:
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, *,
+            sample_weight: np.ndarray | None = None) -> LogisticHead:
         from sklearn.linear_model import LogisticRegression
 
         X = np.asarray(X, dtype=np.float64)
         mean, scale = _standardise(X)
         with _single_thread():
             model = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="lbfgs", random_state=self.seed)
-            model.fit((X - mean) / scale, y)
+            model.fit((X - mean) / scale, y, sample_weight=sample_weight)
         coef = np.asarray(model.coef_, dtype=np.float64)
         intercept = np.asarray(model.intercept_, dtype=np.float64)
         if n_classes == 2 and coef.shape[0] == 1:
@@ -353,18 +356,26 @@ class SklearnOnnxHead(Head):
     def make_estimator(self) -> Any:
         """The scikit-learn estimator, configured from this head's hyperparameters and seed."""
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> SklearnOnnxHead:
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, *,
+            sample_weight: np.ndarray | None = None) -> SklearnOnnxHead:
         from skl2onnx import to_onnx
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
+        from sklearn.utils.validation import has_fit_parameter
 
         X = np.asarray(X, dtype=np.float64)
         estimator = self.make_estimator()
         pipeline = Pipeline([("scale", StandardScaler()), ("classify", estimator)])
+        fit_params: dict[str, Any] = {}
+        if sample_weight is not None:
+            if not has_fit_parameter(estimator, "sample_weight"):
+                raise ConfigError(f"head {self.name} cannot weight classes; keep at most as many images per label "
+                                  "instead (max_per_label)", field="balance")
+            fit_params["classify__sample_weight"] = sample_weight
         with _single_thread(), warnings.catch_warnings():
             # SVC(probability=True) warns of its deprecation in scikit-learn 1.9; pinned < 1.11.
             warnings.simplefilter("ignore", FutureWarning)
-            pipeline.fit(X, y)
+            pipeline.fit(X, y, **fit_params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             onnx_model = to_onnx(
@@ -540,10 +551,11 @@ class KnnHead(SklearnOnnxHead):
 
         return KNeighborsClassifier(n_neighbors=self.n_neighbors, weights=self.weights, algorithm="brute")
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> SklearnOnnxHead:
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, *,
+            sample_weight: np.ndarray | None = None) -> SklearnOnnxHead:
         if self.n_neighbors > len(X):
             raise DataError(f"head knn: n_neighbors={self.n_neighbors} but only {len(X)} training images")
-        return super().fit(X, y, n_classes)
+        return super().fit(X, y, n_classes, sample_weight=sample_weight)
 
 
 @register_head

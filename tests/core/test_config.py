@@ -15,7 +15,8 @@ from photolabel.errors import ConfigError, UnknownNameError
 def test_defaults_are_complete_and_hold_every_head_parameter():
     assert TRAIN_DEFAULTS.to_dict() == {
         "backbone": "efficientnet-lite0", "head": "logistic", "head_params": {"C": 1.0, "max_iter": 2000},
-        "seed": 1234, "valid_fraction": 0.1, "classes": None,
+        "seed": 1234, "valid_fraction": 0.1, "classes": None, "augment": 0, "finetune": False,
+        "max_per_label": None, "balance": False, "calibrate": True, "unknown": True, "tune": False, "preset": None,
     }
     assert photolabel.TrainConfig is TrainConfig and photolabel.Runtime is Runtime
 
@@ -75,6 +76,8 @@ def test_round_trip_and_older_documents():
     assert TrainConfig.from_dict(config.to_dict()) == config
     older = {"backbone": "efficientnet-lite0", "head": "logistic", "seed": 3, "valid_fraction": 0.2}
     assert TrainConfig.from_dict(older).head_params == {"C": 1.0, "max_iter": 2000}
+    # features that did not exist when an older model was trained are off for it
+    assert not TrainConfig.from_dict(older).calibrate and not TrainConfig.from_dict(older).unknown
 
 
 def test_runtime_checks_its_ranges_and_never_enters_the_config():
