@@ -88,6 +88,11 @@ class ModelCard:
     manifest_sha256: str
     photolabel_version: str = ""
     files: Mapping[str, str] = field(default_factory=dict)
+    #: what training derived besides the head, each a JSON object or None (then not written):
+    #: "calibration" (temperature, ...), "unknown" (thresholds, files), "finetune" (tuned blocks)
+    calibration: Mapping[str, Any] | None = None
+    unknown: Mapping[str, Any] | None = None
+    finetune: Mapping[str, Any] | None = None
     #: False for cards written before heads had versions: their ids cannot be recomputed
     id_checkable: bool = field(default=True, compare=False, repr=False)
 
@@ -103,6 +108,8 @@ class ModelCard:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "files": dict(sorted(self.files.items())),
+            **{name: dict(value) for name, value in (("calibration", self.calibration), ("unknown", self.unknown),
+                                                     ("finetune", self.finetune)) if value is not None},
         }
 
     @classmethod
@@ -140,6 +147,9 @@ class ModelCard:
                 manifest_sha256=str(doc.get("manifest_sha256", "")),
                 photolabel_version=str(doc.get("photolabel_version", "")),
                 files=dict(doc.get("files", {})),
+                calibration=doc.get("calibration"),
+                unknown=doc.get("unknown"),
+                finetune=doc.get("finetune"),
                 id_checkable=checkable,
             )
         except PhotolabelError as exc:
@@ -199,12 +209,14 @@ def write_model_dir(
     lineage: dict[str, Any],
     write_head: Any,
     run: dict[str, Any] | None = None,
-) -> Path:
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path | str:
     """Write a model directory at ``out`` atomically.
 
     ``write_head(folder)`` writes the head's files into ``folder`` and returns their
-    names. The directory is assembled under a temporary name beside ``out`` and
-    renamed into place, so a crash never leaves a half model that loads. An
+    names. ``extra_files`` maps more relative names (``unknown/centroids.npy``) to bytes;
+    they are hashed into model.json like the head's. The directory is assembled under a
+    temporary name beside ``out`` and renamed into place, so a crash never leaves a half model that loads. An
     existing ``out`` is replaced only if it is a photolabel model (or empty).
 
     ``out`` may also be a storage URI (``s3://bucket/models/x``, see :mod:`photolabel.storage`):
@@ -214,10 +226,11 @@ def write_model_dir(
     """
     if not storage.is_local(out):
         return _upload_model_dir(str(out), card=card, metrics=metrics, lineage=lineage, write_head=write_head,
-                                 run=run)
+                                 run=run, extra_files=extra_files)
     out = storage.local_path(out)
     try:
-        return _write_model_dir(out, card=card, metrics=metrics, lineage=lineage, write_head=write_head, run=run)
+        return _write_model_dir(out, card=card, metrics=metrics, lineage=lineage, write_head=write_head, run=run,
+                                extra_files=extra_files)
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
@@ -235,7 +248,7 @@ def _upload_model_dir(out: str, **parts: Any) -> str:
 
 
 def _write_model_dir(out: Path, *, card: ModelCard, metrics: dict[str, Any], lineage: dict[str, Any],
-                     write_head: Any, run: dict[str, Any] | None) -> Path:
+                     write_head: Any, run: dict[str, Any] | None, extra_files: Mapping[str, bytes] | None) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
@@ -247,6 +260,12 @@ def _write_model_dir(out: Path, *, card: ModelCard, metrics: dict[str, Any], lin
         (staging / "metrics.json").write_bytes(pretty_json(metrics))
         (staging / "lineage.json").write_bytes(pretty_json(lineage))
         files = {f"head/{name}": sha256_file(staging / "head" / name) for name in sorted(head_names)}
+        for name, data in sorted((extra_files or {}).items()):
+            if name in files or name in (MODEL_JSON, RUN_JSON, "metrics.json", "lineage.json") or ".." in name:
+                raise ValueError(f"extra file name {name!r} is taken or unsafe")
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+            files[name] = sha256_file(staging / name)
         files["metrics.json"] = sha256_file(staging / "metrics.json")
         files["lineage.json"] = sha256_file(staging / "lineage.json")
         document = dataclasses.replace(card, files=files).to_dict()

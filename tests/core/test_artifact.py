@@ -268,3 +268,19 @@ def test_an_older_card_is_not_held_to_the_new_id_formula(tmp_path):
     (out / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelError):
         read_model_dir(out)
+
+
+def test_extra_files_and_derived_sections_are_written_hashed_and_read_back(tmp_path):
+    card = _card(calibration={"temperature": 1.5}, unknown={"threshold": 0.3, "file": "unknown/c.npy"})
+    out = write_model_dir(tmp_path / "model", card=card, metrics={}, lineage={"manifest_sha256": "c" * 64},
+                          write_head=_write_head, extra_files={"unknown/c.npy": b"\x01\x02"})
+    files = read_model_dir(out)
+    assert files.card.calibration == {"temperature": 1.5} and files.card.unknown["threshold"] == 0.3
+    assert files.card.finetune is None and "finetune" not in json.loads((out / "model.json").read_text())
+    assert files.card.files["unknown/c.npy"] == sha256_file(out / "unknown" / "c.npy")
+    (out / "unknown" / "c.npy").write_bytes(b"\x00")
+    with pytest.raises(ModelError, match=r"unknown/c\.npy: sha256"):
+        read_model_dir(out)
+    with pytest.raises(ValueError, match="taken or unsafe"):
+        write_model_dir(tmp_path / "m2", card=card, metrics={}, lineage={}, write_head=_write_head,
+                        extra_files={"../escape": b""})
