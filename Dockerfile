@@ -27,7 +27,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     API_HOST=0.0.0.0 \
     API_PORT=8080
 # Export the backbone to ONNX now, so the container needs nothing at start.
-RUN photolabel prepare --backbone efficientnet-lite0
+RUN photolabel prepare
 
 VOLUME ["/data"]
 EXPOSE 8080

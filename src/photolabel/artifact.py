@@ -93,6 +93,12 @@ class ModelCard:
     calibration: Mapping[str, Any] | None = None
     unknown: Mapping[str, Any] | None = None
     finetune: Mapping[str, Any] | None = None
+    #: the augmentation recipe of a model trained with ``config.augment`` views (views, version, recipe);
+    #: its version enters the model id
+    augment: Mapping[str, Any] | None = None
+    #: the plan of the cross-validated search that chose the head (``config.tune``, ``preset="best"``;
+    #: see :func:`photolabel.tuning.search_plan`); it enters the model id in place of the head's version
+    tuning: Mapping[str, Any] | None = None
     #: False for cards written before heads had versions: their ids cannot be recomputed
     id_checkable: bool = field(default=True, compare=False, repr=False)
 
@@ -109,7 +115,9 @@ class ModelCard:
             "format_version": FORMAT_VERSION,
             "files": dict(sorted(self.files.items())),
             **{name: dict(value) for name, value in (("calibration", self.calibration), ("unknown", self.unknown),
-                                                     ("finetune", self.finetune)) if value is not None},
+                                                     ("finetune", self.finetune), ("augment", self.augment),
+                                                     ("tuning", self.tuning))
+               if value is not None},
         }
 
     @classmethod
@@ -150,6 +158,8 @@ class ModelCard:
                 calibration=doc.get("calibration"),
                 unknown=doc.get("unknown"),
                 finetune=doc.get("finetune"),
+                augment=doc.get("augment"),
+                tuning=doc.get("tuning"),
                 id_checkable=checkable,
             )
         except PhotolabelError as exc:
@@ -159,11 +169,19 @@ class ModelCard:
             raise ModelError(f"{where}: {missing}") from None
 
 
-def compute_model_id(manifest_hash: str, config: TrainConfig, head_version: int, backbone_hash: str) -> str:
+def compute_model_id(manifest_hash: str, config: TrainConfig, head_version: int | None, backbone_hash: str,
+                     *, augment_version: int | None = None, search: Mapping[str, Any] | None = None) -> str:
     """The model id: sha256 over the manifest, the config (head parameters and label order included),
-    the head's version and the backbone's hash. Nothing that varies between runs enters it."""
-    return sha256_json({"manifest_sha256": manifest_hash, "config": config.to_dict(), "head_version": head_version,
-                        "backbone_hash": backbone_hash})
+    the head's version, the backbone's hash and, for an augmented model, the augmentation recipe's
+    version. A head chosen by a search has no version of its own here (None): the search's plan, which
+    lists every candidate head's version, enters instead. Nothing that varies between runs enters it."""
+    described = {"manifest_sha256": manifest_hash, "config": config.to_dict(), "head_version": head_version,
+                 "backbone_hash": backbone_hash}
+    if augment_version is not None:
+        described["augment_version"] = augment_version
+    if search is not None:
+        described["search"] = dict(search)
+    return sha256_json(described)
 
 
 def check_card(card: ModelCard, lineage: Mapping[str, Any], where: str) -> None:
@@ -182,9 +200,15 @@ def check_card(card: ModelCard, lineage: Mapping[str, Any], where: str) -> None:
         raise ModelError(f"{where}: labels {list(card.labels)} differ from lineage.json's {lineage['labels']}")
     if not card.id_checkable:
         return
-    if card.config.classes != card.labels or dict(card.head.params) != dict(card.config.head_params):
+    if card.tuning is not None:  # a search chose the head: the config holds what was given, not what was chosen
+        searched = [entry.get("head") for entry in card.tuning.get("heads", [])]
+        if card.config.classes != card.labels or card.head.name not in searched:
+            raise ModelError(f"{where}: labels or head differ from the config and search recorded beside them")
+    elif card.config.classes != card.labels or dict(card.head.params) != dict(card.config.head_params):
         raise ModelError(f"{where}: labels or head parameters differ from the config recorded beside them")
-    expected = compute_model_id(card.manifest_sha256, card.config, card.head.version, card.backbone.hash)
+    expected = compute_model_id(card.manifest_sha256, card.config,
+                                None if card.tuning is not None else card.head.version, card.backbone.hash,
+                                augment_version=(card.augment or {}).get("version"), search=card.tuning)
     if expected != card.model_id:
         raise ModelError(f"{where}: model_id {card.model_id} is not the hash of the model's own description "
                          f"({expected}); the file was edited")

@@ -48,7 +48,7 @@ class TrainConfig:
     ``preset="best"`` searches heads, augmentation and fine-tuning too.
     """
 
-    backbone: str = "efficientnet-lite0"
+    backbone: str = "efficientnet-lite1"  # chosen on the selection halves: benchmarks/choose_defaults.py
     head: str = "logistic"
     head_params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 1234
@@ -82,6 +82,10 @@ class TrainConfig:
         for name in ("finetune", "balance", "calibrate", "unknown", "tune"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}", field=name)
+        if self.finetune:
+            from photolabel.finetune import check_finetunable
+
+            check_finetunable(self.backbone)
         if self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(str(p) for p in PRESETS if p)}, got {self.preset!r}",
                               field="preset")
@@ -131,7 +135,8 @@ class Runtime:
     whatever these are (tested for threads, batch size and a cold or warm cache).
 
     ``cache_dir`` None means ``PHOTOLABEL_CACHE_DIR`` as the adapter read it, else
-    ``~/.cache/photolabel``; ``threads`` None means every core.
+    ``~/.cache/photolabel``; ``threads`` None means every core. ``tensorboard_dir``: where a head that
+    trains in epochs writes TensorBoard curves (None: nowhere).
     """
 
     threads: int | None = None
@@ -140,6 +145,7 @@ class Runtime:
     max_pixels: int = DEFAULT_MAX_PIXELS
     fetch: FetchOptions = DEFAULT_FETCH_OPTIONS
     progress: bool = False
+    tensorboard_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.threads is not None:
@@ -148,6 +154,8 @@ class Runtime:
         _set(self, "max_pixels", _check_int("max_pixels", self.max_pixels, 1, 2**40))
         if self.cache_dir is not None:
             _set(self, "cache_dir", Path(self.cache_dir))
+        if self.tensorboard_dir is not None:
+            _set(self, "tensorboard_dir", Path(self.tensorboard_dir))
         if not isinstance(self.fetch, FetchOptions):
             raise ConfigError(f"fetch must be FetchOptions, got {type(self.fetch).__name__}", field="fetch")
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -22,12 +23,29 @@ from photolabel.progress import progress_bar
 DEFAULT_BATCH_SIZE = RUNTIME_DEFAULTS.batch_size  # the default is written in config.Runtime
 
 
+class ImageView(Protocol):
+    """A deterministic variant of an image (an augmented view, see :mod:`photolabel.augment`).
+
+    ``key`` is its embedding-cache key (beside the images' own sha256); ``apply`` turns the
+    decoded RGB image into the view's pixels.
+    """
+
+    @property
+    def key(self) -> str: ...
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class ImageInput:
     """An image to embed: bytes in memory, a local file, or decoded RGB pixels, plus the name errors show.
 
     ``pixels`` is an RGB ``uint8`` array (H, W, 3) that skips decoding; its sha256 is taken
     over its shape and bytes (no file exists to hash).
+
+    ``view``: embed this variant of the image instead: the bytes are decoded and checked against
+    ``sha256`` as usual, then ``view.apply`` runs before the backbone's ``prepare``, and the
+    vector is cached under ``view.key``.
     """
 
     source: str
@@ -35,6 +53,12 @@ class ImageInput:
     data: bytes | None = None
     sha256: str | None = None
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    view: ImageView | None = None
+
+    @property
+    def cache_key(self) -> str | None:
+        """The embedding cache's key for this input: the view's key, else the image's sha256."""
+        return self.view.key if self.view is not None else self.sha256
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -95,7 +119,7 @@ def embed_images(
     todo: list[int] = []
     cached = 0
     for index, item in enumerate(inputs):
-        hit = cache.get(item.sha256) if (cache is not None and item.sha256) else None
+        hit = cache.get(item.cache_key) if (cache is not None and item.cache_key) else None
         if hit is not None:
             vectors[index] = hit
             cached += 1
@@ -109,7 +133,8 @@ def embed_images(
         try:
             if item.pixels is not None:
                 pixels = check_pixels(item.pixels, item.source)  # an ImageInput built by hand is not checked yet
-                return _Prepared(index, pixels_sha256(pixels), backbone.prepare(pixels), None)
+                view = item.view.apply(pixels) if item.view is not None else pixels
+                return _Prepared(index, pixels_sha256(pixels), backbone.prepare(view), None)
             data = item.read()
             digest = sha256_bytes(data)
             if item.sha256 is not None and digest != item.sha256:
@@ -117,6 +142,8 @@ def embed_images(
                     f"{item.source}: file changed while in use (sha256 {item.sha256} listed, {digest} read)"
                 )
             rgb = decode_image(data, source=item.source, max_pixels=max_pixels, draft_size=draft)
+            if item.view is not None:
+                rgb = item.view.apply(rgb)
             return _Prepared(index, digest, backbone.prepare(rgb), None)
         except ImageError as exc:
             return _Prepared(index, item.sha256, None, BadInput(item.source, str(exc), exc.code))
@@ -135,8 +162,10 @@ def embed_images(
                 out = backbone.embed_batch(batch)
                 for prepared, vector in zip(good, out):
                     vectors[prepared.index] = vector
-                    if cache is not None and prepared.sha256:
-                        cache.put(prepared.sha256, vector)
+                    view = inputs[prepared.index].view
+                    key = view.key if view is not None else prepared.sha256
+                    if cache is not None and key:
+                        cache.put(key, vector)
                 computed += len(good)
             bar.advance(len(chunk))
             if on_progress is not None:

@@ -32,8 +32,10 @@ def evaluate(
     """Metrics of ``model`` on every labelled image in ``data`` (any layout ``train`` accepts).
 
     Returns the dict of :func:`photolabel.evaluation.classification_metrics` plus
-    ``model_id`` and ``skipped``. Labels in ``data`` that the model does not know
-    are an error naming them. The keyword arguments override single fields of ``runtime``.
+    ``model_id`` and ``skipped``; for a model that answers unknown, ``unknown`` says for how
+    many images it did (accuracy and the other scores count their top label). Labels in ``data``
+    that the model does not know are an error naming them. The keyword arguments override single
+    fields of ``runtime``.
     """
     runtime = merge_overrides(runtime or RUNTIME_DEFAULTS, threads=threads, cache_dir=cache_dir,
                               batch_size=batch_size, fetch=fetch_options, progress=progress)
@@ -64,7 +66,8 @@ def evaluate(
         index = {label: k for k, label in enumerate(model.labels)}
         y_true = np.array([index[records[i].label] for i in embedded.indices], dtype=np.int64)
         probabilities = model.predict_embeddings(embedded.vectors)
-        metrics = classification_metrics(y_true, probabilities, model.labels)
+        metrics = classification_metrics(y_true, probabilities, model.labels,
+                                         unknown=model.post.unknown_tests(embedded.vectors, probabilities))
         metrics["model_id"] = model.model_id
         metrics["skipped"] = [{"image": b.source, "reason": b.reason} for b in skipped]
         return metrics

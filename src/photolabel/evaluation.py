@@ -16,9 +16,13 @@ def _round(value: float) -> float:
     return round(float(value), _DIGITS)
 
 
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], *,
+                           unknown: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1/support, confusion matrix (rows: true, columns: predicted).
 
+    The scores are those of the top label, whether or not the model answered unknown;
+    ``unknown`` (the (far, unsure) flags of :meth:`photolabel.openset.Postprocessor.unknown_tests`)
+    adds how many images the model answered unknown for (see :func:`unknown_summary`).
     Values are rounded to 6 decimals so that the JSON they go into is stable.
     """
     n_classes = len(labels)
@@ -56,7 +60,17 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         "labels": list(labels),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
+        **({"unknown": unknown_summary(*unknown)} if unknown is not None else {}),
     }
+
+
+def unknown_summary(far: np.ndarray, unsure: np.ndarray) -> dict[str, Any]:
+    """How many images were answered unknown: ``count`` and ``rate`` of ``n``, and how many by each
+    test (``far`` from every class, ``unsure``: top probability too low; an image may fail both)."""
+    either = np.asarray(far, dtype=bool) | np.asarray(unsure, dtype=bool)
+    n = len(either)
+    return {"n": n, "count": int(either.sum()), "rate": _round(either.mean()) if n else None,
+            "far": int(np.sum(far)), "unsure": int(np.sum(unsure))}
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -68,6 +82,11 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     lines.append(
         f"accuracy {accuracy:.4f} on {metrics['n']} images" if accuracy is not None else "no images to evaluate"
     )
+    unknown = metrics.get("unknown")
+    if unknown and unknown.get("n"):
+        lines.append(f"answered unknown for {unknown['count']} of {unknown['n']} images ({100 * unknown['rate']:.1f}%: "
+                     f"{unknown['far']} unlike the training images, {unknown['unsure']} not confident enough); "
+                     "accuracy counts their top label")
     lines.append(f"{'label':<{width}}  precision  recall     f1  support")
     for label in labels:
         m = metrics["per_class"][label]
@@ -140,6 +159,9 @@ def _report_html(metrics: dict[str, Any], title: str) -> str:
     )
     accuracy = metrics["accuracy"]
     summary = f"accuracy {accuracy:.4f} on {metrics['n']} images" if accuracy is not None else "no images"
+    unknown = metrics.get("unknown")
+    if unknown and unknown.get("n"):
+        summary += f"; answered unknown for {unknown['count']} ({100 * unknown['rate']:.1f}%)"
     head = "".join(f"<th>{esc(label)}</th>" for label in labels)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>

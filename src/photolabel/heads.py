@@ -16,7 +16,7 @@ import inspect
 import io
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -132,6 +132,9 @@ class Param:
         return ConfigError(f"head parameter {name}={shown}: expected {self.describe()}", field=name)
 
 
+ScalarLog = Callable[[str, float, int], None]
+
+
 class Head(ABC):
     """A classifier on embeddings: ``fit`` returns self, ``predict_proba`` gives (N, C).
 
@@ -145,6 +148,12 @@ class Head(ABC):
     summary: ClassVar[str]
     version: ClassVar[int] = 1
     constraints: ClassVar[dict[str, Param]] = {}
+    #: the values ``tune``/``preset="best"`` try for each searched hyperparameter, in tie-break order
+    #: (see :mod:`photolabel.tuning`); empty: nothing to tune, the given parameters are used
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    #: where a head that trains in epochs reports its curves, ``log(tag, value, step)`` (TensorBoard's
+    #: ``EventWriter.scalar``); set by the caller, never stored: it must not change what is fitted
+    log: ScalarLog | None = None
 
     def __init__(self, *, seed: int = 1234) -> None:
         self.seed = seed
@@ -189,6 +198,15 @@ class Head(ABC):
     @abstractmethod
     def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
 
+    def fit_for_search(self, X: np.ndarray, y: np.ndarray, n_classes: int, *,
+                       sample_weight: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """Fit as ``fit`` does and return the probabilities function that scores this candidate in a
+        cross-validated search (:mod:`photolabel.tuning`). By default ``predict_proba`` itself; a head whose
+        stored form is slow to build may skip building it and answer from its in-memory state, if the
+        answers agree with the stored form's up to float32 rounding."""
+        self.fit(X, y, n_classes, sample_weight=sample_weight)
+        return self.predict_proba
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.argmax(self.predict_proba(X), axis=1)
 
@@ -211,13 +229,19 @@ _HEADS: dict[str, type[Head]] = {}
 def register_head(cls: type[Head]) -> type[Head]:
     """Class decorator: make ``cls`` available under ``cls.name``.
 
-    Raises ``ValueError`` for a taken name or a hyperparameter without a :class:`Param`.
+    Raises ``ValueError`` for a taken name, a hyperparameter without a :class:`Param`, or a
+    ``tune_grid`` entry that is not a hyperparameter or holds a value its Param refuses.
     """
     if cls.name in _HEADS:
         raise ValueError(f"head {cls.name!r} is already registered")
     missing = [name for name in cls.param_names() if name not in cls.constraints]
     if missing:
         raise ValueError(f"head {cls.name!r}: no Param in constraints for {', '.join(missing)}")
+    for name, values in cls.tune_grid.items():
+        if name not in cls.constraints or not values:
+            raise ValueError(f"head {cls.name!r}: tune_grid entry {name!r} is not a hyperparameter or is empty")
+        for value in values:
+            cls.constraints[name].check(name, value)  # a ConfigError (a ValueError) names the bad value
     _HEADS[cls.name] = cls
     return cls
 
@@ -259,6 +283,21 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def head_onnx_model(name: str, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], dim: int,
+                    n_classes: int) -> onnx.ModelProto:
+    """A head's graph ``embedding`` (float32 N x dim) -> ``probabilities`` (float32 N x n_classes) from its nodes."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", n_classes])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="photolabel")
+    model.ir_version = ONNX_IR_VERSION
+    return model
+
+
 def _standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
@@ -275,6 +314,10 @@ class LogisticHead(Head):
     constraints: ClassVar[dict[str, Param]] = {
         "C": Param(float, "inverse of the L2 regularisation strength", low=0.0, low_open=True),
         "max_iter": Param(int, "most lbfgs iterations", low=1, high=1_000_000),
+    }
+    # half-decades, strongest regularisation first: a tie goes to the simpler model
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "C": (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
     }
 
     def __init__(self, *, seed: int = 1234, C: float = 1.0, max_iter: int = 2000) -> None:
@@ -335,18 +378,7 @@ class LogisticHead(Head):
             helper.make_node("Add", ["head_matmul", "head_bias"], ["head_logits"]),
             helper.make_node("Softmax", ["head_logits"], [HEAD_OUTPUT], axis=1),
         ]
-        graph = helper.make_graph(
-            nodes,
-            "photolabel_logistic_head",
-            [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", dim])],
-            [helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", n_classes])],
-            initializer=[weight, bias],
-        )
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="photolabel"
-        )
-        model.ir_version = ONNX_IR_VERSION
-        return model
+        return head_onnx_model("photolabel_logistic_head", nodes, [weight, bias], dim, n_classes)
 
 
 class SklearnOnnxHead(Head):
@@ -359,11 +391,45 @@ class SklearnOnnxHead(Head):
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, *,
             sample_weight: np.ndarray | None = None) -> SklearnOnnxHead:
         from skl2onnx import to_onnx
+
+        X = np.asarray(X, dtype=np.float64)
+        pipeline = self._fit_pipeline(X, y, sample_weight)
+        estimator = pipeline.named_steps["classify"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            onnx_model = to_onnx(
+                pipeline,
+                X[:1].astype(np.float32),
+                options={id(estimator): {"zipmap": False}},
+                target_opset={"": ONNX_OPSET, "ai.onnx.ml": ONNX_ML_OPSET},
+            )
+        self.onnx_bytes_ = _normalise_sklearn_onnx(onnx_model, X.shape[1]).SerializeToString()
+        self._session = None
+        return self
+
+    def fit_for_search(self, X: np.ndarray, y: np.ndarray, n_classes: int, *,
+                       sample_weight: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """The fitted scikit-learn pipeline's probabilities, without the ONNX conversion (most of the cost of
+        fitting a small estimator); the stored graph gives the same answers on float32 inputs."""
+        pipeline = self._fit_pipeline(np.asarray(X, dtype=np.float64), y, sample_weight)
+
+        def predict_proba(rows: np.ndarray) -> np.ndarray:
+            with _single_thread():
+                return np.asarray(pipeline.predict_proba(np.asarray(rows, dtype=np.float32).astype(np.float64)),
+                                  dtype=np.float64)
+
+        return predict_proba
+
+    def _fit_pipeline(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> Any:
+        """Standardisation then ``make_estimator()``, fitted on one thread.
+
+        Raises:
+            ConfigError: ``sample_weight`` given to an estimator that cannot weight rows.
+        """
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
         from sklearn.utils.validation import has_fit_parameter
 
-        X = np.asarray(X, dtype=np.float64)
         estimator = self.make_estimator()
         pipeline = Pipeline([("scale", StandardScaler()), ("classify", estimator)])
         fit_params: dict[str, Any] = {}
@@ -376,17 +442,7 @@ class SklearnOnnxHead(Head):
             # SVC(probability=True) warns of its deprecation in scikit-learn 1.9; pinned < 1.11.
             warnings.simplefilter("ignore", FutureWarning)
             pipeline.fit(X, y, **fit_params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            onnx_model = to_onnx(
-                pipeline,
-                X[:1].astype(np.float32),
-                options={id(estimator): {"zipmap": False}},
-                target_opset={"": ONNX_OPSET, "ai.onnx.ml": ONNX_ML_OPSET},
-            )
-        self.onnx_bytes_ = _normalise_sklearn_onnx(onnx_model, X.shape[1]).SerializeToString()
-        self._session = None
-        return self
+        return pipeline
 
     @property
     def session(self) -> Any:
@@ -498,6 +554,7 @@ class RfHead(SklearnOnnxHead):
         "max_depth": Param(int, "deepest split; none: grow until pure", low=1, high=1_000, none=True),
         "min_samples_leaf": Param(int, "fewest training images in a leaf", low=1, high=100_000),
     }
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"max_depth": (8, None), "min_samples_leaf": (4, 1)}
 
     def __init__(self, *, seed: int = 1234, n_estimators: int = 100, max_depth: int | None = None,
                  min_samples_leaf: int = 1) -> None:
@@ -521,6 +578,7 @@ class LdaHead(SklearnOnnxHead):
         "shrinkage": Param(float, "covariance shrinkage; auto: Ledoit-Wolf", low=0.0, high=1.0, choices=("auto",),
                            none=True),
     }
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"shrinkage": ("auto", 0.1, 0.5, 0.9)}
 
     def __init__(self, *, seed: int = 1234, shrinkage: float | str | None = "auto") -> None:
         super().__init__(seed=seed)
@@ -540,6 +598,8 @@ class KnnHead(SklearnOnnxHead):
         "n_neighbors": Param(int, "neighbours that vote", low=1, high=10_000),
         "weights": Param(str, "how neighbours vote", choices=("uniform", "distance")),
     }
+    # not weights: the stored ONNX graph (skl2onnx) answers weights="distance" as "uniform" votes
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"n_neighbors": (3, 5, 9, 15, 25)}
 
     def __init__(self, *, seed: int = 1234, n_neighbors: int = 5, weights: str = "uniform") -> None:
         super().__init__(seed=seed)
@@ -551,11 +611,10 @@ class KnnHead(SklearnOnnxHead):
 
         return KNeighborsClassifier(n_neighbors=self.n_neighbors, weights=self.weights, algorithm="brute")
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, *,
-            sample_weight: np.ndarray | None = None) -> SklearnOnnxHead:
+    def _fit_pipeline(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> Any:
         if self.n_neighbors > len(X):
             raise DataError(f"head knn: n_neighbors={self.n_neighbors} but only {len(X)} training images")
-        return super().fit(X, y, n_classes, sample_weight=sample_weight)
+        return super()._fit_pipeline(X, y, sample_weight)
 
 
 @register_head
@@ -566,6 +625,7 @@ class CartHead(SklearnOnnxHead):
         "max_depth": RfHead.constraints["max_depth"],
         "min_samples_leaf": RfHead.constraints["min_samples_leaf"],
     }
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"max_depth": (3, 6, 12, None), "min_samples_leaf": (5, 1)}
 
     def __init__(self, *, seed: int = 1234, max_depth: int | None = None, min_samples_leaf: int = 1) -> None:
         super().__init__(seed=seed)
@@ -589,6 +649,9 @@ class SvmHead(SklearnOnnxHead):
         "gamma": Param(float, "kernel coefficient; scale: 1 / (dims x variance)", choices=("scale", "auto"),
                        **_POSITIVE),
     }
+    # gamma "scale" is 1 / dims on standardised embeddings (about 0.0008 for 1280-d ones)
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.1, 1.0, 10.0, 100.0),
+                                                       "gamma": ("scale", 0.0001, 0.01)}
 
     def __init__(self, *, seed: int = 1234, C: float = 1.0, kernel: str = "rbf", gamma: float | str = "scale"
                  ) -> None:
@@ -610,6 +673,7 @@ class NbHead(SklearnOnnxHead):
     constraints: ClassVar[dict[str, Param]] = {
         "var_smoothing": Param(float, "share of the largest variance added to every variance", low=0.0),
     }
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"var_smoothing": (1e-9, 1e-6, 1e-3, 0.01, 0.1, 1.0)}
 
     def __init__(self, *, seed: int = 1234, var_smoothing: float = 1e-9) -> None:
         super().__init__(seed=seed)
@@ -619,3 +683,8 @@ class NbHead(SklearnOnnxHead):
         from sklearn.naive_bayes import GaussianNB
 
         return GaussianNB(var_smoothing=self.var_smoothing)
+
+
+# Heads in their own modules register themselves when imported; importing them here makes every
+# head known wherever the registry is used.
+from photolabel import mlp as _mlp  # noqa: E402, F401

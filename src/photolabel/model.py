@@ -16,24 +16,40 @@ from photolabel.config import RUNTIME_DEFAULTS, Runtime, merge_overrides
 from photolabel.dataset import BadInput
 from photolabel.embedding import ImageInput, check_pixels, embed_images
 from photolabel.errors import FetchError, ModelError, PhotolabelError
+from photolabel.finetune import finetuned_backbone, read_tail
 from photolabel.heads import Head, get_head_class
+from photolabel.openset import UNKNOWN_LABEL, Postprocessor
 
 ImageLike = ImageInput | bytes | str | Path | np.ndarray
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer for one image: top label, every label's probability, and hashes."""
+    """The answer for one image: its label, every label's probability, and hashes.
+
+    ``label`` is the answer: the most probable label, or ``"unknown"``
+    (:data:`~photolabel.openset.UNKNOWN_LABEL`) when the model answers unknown (the image is
+    unlike its training images, or its top probability is too low). ``best`` is always the
+    most probable label and ``unknown`` says which case it is (so a class that is itself
+    named "unknown" stays distinguishable). ``scores`` are the calibrated probabilities of the
+    model's labels, given in both cases; ``probability`` is the score of ``best``.
+    """
 
     image: str
     sha256: str
     label: str
     scores: dict[str, float]
     model_id: str
+    best: str = ""
+    unknown: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.best:
+            object.__setattr__(self, "best", self.label)
 
     @property
     def probability(self) -> float:
-        return self.scores[self.label]
+        return self.scores[self.best]
 
     def top(self, k: int) -> list[tuple[str, float]]:
         ranked = sorted(self.scores.items(), key=lambda item: (-item[1], item[0]))
@@ -45,6 +61,8 @@ class Prediction:
             "image": self.image,
             "sha256": self.sha256,
             "label": self.label,
+            "best": self.best,
+            "unknown": self.unknown,
             "scores": scores,
             "model_id": self.model_id,
         }
@@ -59,7 +77,8 @@ class Model:
     :mod:`photolabel.storage` before they reach it.
     """
 
-    def __init__(self, files: ModelFiles, head: Head, *, runtime: Runtime = RUNTIME_DEFAULTS) -> None:
+    def __init__(self, files: ModelFiles, head: Head, *, runtime: Runtime = RUNTIME_DEFAULTS,
+                 post: Postprocessor | None = None) -> None:
         self.path = files.path
         self.files = files
         self.card: ModelCard = files.card
@@ -68,8 +87,12 @@ class Model:
         self.labels: tuple[str, ...] = files.card.labels
         self.model_id: str = files.card.model_id
         self.head = head
+        #: the temperature and the unknown tests that follow the head (none for models trained without them)
+        self.post = post or Postprocessor()
         self.runtime = runtime
         self._backbone: Backbone | None = None
+        #: a fine-tuned model's tail (``finetune/tail.onnx``), read at load; None for other models
+        self._tuned_tail: bytes | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, runtime: Runtime | None = None, threads: int | None = None,
@@ -87,7 +110,14 @@ class Model:
                 head = get_head_class(card.head.name).load(Path(files.path) / "head", card.head.to_dict())
             except (ValueError, OSError) as exc:
                 raise ModelError(f"{path}: cannot load the head ({exc})") from None
-        return cls(files, head, runtime=runtime)
+            try:
+                post = Postprocessor.from_card(card, Path(files.path))
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                raise ModelError(f"{path}: cannot load the calibration or the unknown answer ({exc})") from None
+            tuned_tail = read_tail(card, Path(files.path), where=path)
+        model = cls(files, head, runtime=runtime, post=post)
+        model._tuned_tail = tuned_tail
+        return model
 
     @property
     def cache_dir(self) -> Path | None:
@@ -102,6 +132,8 @@ class Model:
         if self._backbone is None:
             spec = self.card.backbone
             backbone = get_backbone(spec.name, threads=self.runtime.threads, cache_dir=self.runtime.cache_dir)
+            if self._tuned_tail is not None:  # fine-tuned: the installed trunk, then the model's tail
+                backbone = finetuned_backbone(backbone, self.card.finetune or {}, self._tuned_tail)
             if backbone.hash != spec.hash:
                 raise ModelError(
                     f"{self.path}: trained with backbone {spec.name} hash {spec.hash[:16]}…, "
@@ -117,10 +149,15 @@ class Model:
 
     # -- predictions -----------------------------------------------------------------------
     def predict_embeddings(self, vectors: np.ndarray) -> np.ndarray:
-        """Probabilities (N, C) for embeddings (N, D)."""
-        if len(vectors) == 0:
-            return np.zeros((0, len(self.labels)))
-        return self.head.predict_proba(np.asarray(vectors))
+        """Probabilities (N, C) for embeddings (N, D): the head's, calibrated when the model has a temperature."""
+        return self.post.predict_proba(self.head, vectors, len(self.labels))
+
+    def unknown_embeddings(self, vectors: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
+        """Which embeddings (N, D) the model answers unknown for (bool, N); all False for a model trained
+        without the unknown answer. ``probabilities``: their :meth:`predict_embeddings`, if already computed."""
+        if probabilities is None:
+            probabilities = self.predict_embeddings(vectors)
+        return self.post.is_unknown(np.asarray(vectors, dtype=np.float64), probabilities)
 
     def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int | None = None,
                       progress: bool | None = None) -> list[Prediction | BadInput]:
@@ -152,16 +189,19 @@ class Model:
             progress=self.runtime.progress if progress is None else progress,
         )
         probabilities = self.predict_embeddings(embedded.vectors)
+        unknown = self.unknown_embeddings(embedded.vectors, probabilities)
         for row, local in enumerate(embedded.indices):
             index = live[local]
             scores = {label: float(p) for label, p in zip(self.labels, probabilities[row])}
-            best = int(np.argmax(probabilities[row]))
+            best = self.labels[int(np.argmax(probabilities[row]))]
             results[index] = Prediction(
                 image=inputs[index].source,  # type: ignore[union-attr]
                 sha256=embedded.sha256[local] or "",
-                label=self.labels[best],
+                label=UNKNOWN_LABEL if unknown[row] else best,
                 scores=scores,
                 model_id=self.model_id,
+                best=best,
+                unknown=bool(unknown[row]),
             )
         for local, problem in embedded.failures:
             results[live[local]] = problem

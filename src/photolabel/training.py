@@ -9,6 +9,7 @@ so the same images, config and seed give byte-identical model files.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from photolabel import __version__, storage
+from photolabel import __version__, storage, tuning
 from photolabel.artifact import BackboneCard, HeadCard, ModelCard, compute_model_id, write_model_dir
+from photolabel.augment import describe_augmentation, embed_views, with_views
 from photolabel.backbones import get_backbone
+from photolabel.balance import SELECTION_RULE, UNUSED, balanced_weights, limit_per_label
 from photolabel.cache import EmbeddingCache, resolve_cache_dir
 from photolabel.config import RUNTIME_DEFAULTS, TRAIN_DEFAULTS, Runtime, TrainConfig, merge_overrides
 from photolabel.dataset import BadInput, Dataset, ImageRecord, manifest_rows, manifest_sha256
@@ -28,9 +31,12 @@ from photolabel.embedding import embed_records
 from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
 from photolabel.fetch import FetchOptions
+from photolabel.finetune import TunedTail, finetune_rows, trunk_for
 from photolabel.hashing import sha256_bytes
 from photolabel.heads import get_head_class, make_head
 from photolabel.model import Model
+from photolabel.openset import fit_calibration_and_unknown
+from photolabel.tensorboard import scalars_to
 
 # Kept for callers of earlier versions; the defaults themselves are written in photolabel.config.
 DEFAULT_SEED = TRAIN_DEFAULTS.seed
@@ -66,6 +72,8 @@ class TrainResult:
             "n_train": self.n_train,
             "n_valid": self.n_valid,
             "validation": self.metrics.get("validation"),
+            "calibration": self.metrics.get("calibration"),
+            "unknown": self.metrics.get("unknown"),
             "embeddings": {"computed": self.embeddings_computed, "cached": self.embeddings_cached},
             "skipped": [{"image": b.source, "reason": b.reason} for b in self.skipped],
         }
@@ -146,8 +154,11 @@ def plan_model_id(records: Sequence[ImageRecord], labels: Sequence[str], config:
     """(model_id, manifest_sha256) of a model trained on exactly these records: no embedding needed."""
     manifest_hash = manifest_sha256(records, labels)
     resolved = config.replace(classes=tuple(labels))
-    head_version = get_head_class(config.head).version
-    return compute_model_id(manifest_hash, resolved, head_version, backbone_hash), manifest_hash
+    search = tuning.search_plan(resolved)  # a searched head's candidates' versions are in the plan
+    head_version = None if search is not None else get_head_class(config.head).version
+    augment_version = (describe_augmentation(config.augment) or {}).get("version")  # as the card records it
+    return compute_model_id(manifest_hash, resolved, head_version, backbone_hash,
+                            augment_version=augment_version, search=search), manifest_hash
 
 
 def train(
@@ -162,6 +173,14 @@ def train(
     seed: int | None = None,
     valid_fraction: float | None = None,
     classes: Sequence[str] | None = None,
+    augment: int | None = None,
+    finetune: bool | None = None,
+    max_per_label: int | None = None,
+    balance: bool | None = None,
+    tune: bool | None = None,
+    preset: str | None = None,
+    calibrate: bool | None = None,
+    unknown: bool | None = None,
     base_model: Model | str | Path | None = None,
     skip_bad: bool = False,
     threads: int | None = None,
@@ -185,9 +204,20 @@ def train(
     ``on_progress(stage, fraction)`` reports the stages "loading", "embedding", "fitting",
     "writing" and "done", with the overall fraction done in [0, 1].
 
+    ``max_per_label`` keeps at most N training images per label (0: the smallest label's
+    count, the static-transfer-learning service's DATA_LIMIT; see
+    :data:`photolabel.balance.SELECTION_RULE`); ``balance`` weights labels inversely to their
+    training counts; ``tune`` chooses the head's parameters and ``preset="best"`` the head too,
+    by k-fold cross-validation on the training split (see :mod:`photolabel.tuning`).
+    ``calibrate`` fits a temperature on the validation images (:mod:`photolabel.calibration`);
+    ``unknown`` lets the model answer "unknown" (:mod:`photolabel.openset`). Both are on by default.
+    ``finetune`` also trains the backbone's last blocks on the training split (:mod:`photolabel.finetune`);
+    the head is then fitted on the tuned embeddings.
+
     ``base_model`` (incremental training) adds ``data`` to that model's images: its
     labels keep their order and new labels are appended; its backbone, head, head
-    parameters, seed and valid fraction are used (those given here are ignored). Only the
+    parameters, seed, valid fraction and the other settings of its config are used (those given
+    here are ignored). Only the
     new images are embedded; the base model's come from the embedding cache. The result
     is byte for byte the model that training once on the union would give.
 
@@ -198,7 +228,9 @@ def train(
     """
     started = time.time()
     config = merge_overrides(config or TRAIN_DEFAULTS, backbone=backbone, head=head, seed=seed,
-                             valid_fraction=valid_fraction, classes=classes)
+                             valid_fraction=valid_fraction, classes=classes, augment=augment, finetune=finetune,
+                             max_per_label=max_per_label, balance=balance, tune=tune, preset=preset,
+                             calibrate=calibrate, unknown=unknown)
     if head_params is not None:
         config = config.replace(head_params=head_params)
     runtime = merge_overrides(runtime or RUNTIME_DEFAULTS, threads=threads, cache_dir=cache_dir,
@@ -225,6 +257,8 @@ def train(
         owned = True
     try:
         extractor = get_backbone(config.backbone, threads=runtime.threads, cache_dir=cache_root)
+        if config.finetune:  # what is embedded and cached is the activation at the cut (photolabel.finetune)
+            extractor = trunk_for(extractor)
         cache = EmbeddingCache(cache_root, extractor.hash, extractor.embedding_dim)
         records = list(dataset.records)
         labels = tuple(dataset.labels)
@@ -241,7 +275,9 @@ def train(
         skipped = list(dataset.skipped)
         embedded, problems = embed_records(
             records, extractor, cache=cache, skip_bad=skip_bad, runtime=runtime,
-            on_progress=lambda done, total: report("embedding", 0.05 + 0.85 * done / max(total, 1)),
+            # with augmentation, the views (embedded after the split) take the rest of this stage
+            on_progress=lambda done, total: report("embedding", 0.05 + 0.85 * done / max(total, 1)
+                                                   / (1 + config.augment)),
         )
         skipped.extend(problems)
         good = [records[i] for i in embedded.indices]
@@ -251,26 +287,86 @@ def train(
         config = config.replace(classes=labels)
         declared = {r.sha256: r.split for r in good}
         split_records = assign_splits(good, labels, config.seed, config.valid_fraction)
+        split_records = limit_per_label(split_records, labels, config.seed, config.max_per_label)
         head_model = make_head(config.head, seed=config.seed, params=config.head_params)
         label_index = {label: k for k, label in enumerate(labels)}
         train_rows = [r for r in split_records if r.split == "train"]
         valid_rows = [r for r in split_records if r.split == "valid"]
+        tuned: TunedTail | None = None
+        if config.finetune:  # the tail tuned on the training rows' activations; all that follows sees its embeddings
+            report("fitting", 0.9)
+            tuned, vectors = finetune_rows(extractor, vectors, train_rows, labels, config.seed)  # type: ignore[arg-type]
+            extractor = tuned.backbone
+            cache = EmbeddingCache(cache_root, extractor.hash, extractor.embedding_dim)  # augmented views' embeddings
+            model_id, manifest_hash = plan_model_id(good, labels, config, extractor.hash)
         X_train = np.stack([vectors[r.sha256] for r in train_rows]).astype(np.float64)
         y_train = np.array([label_index[r.label] for r in train_rows], dtype=np.int64)
+        if config.augment:  # each training image followed by its views, with its label; validation has none
+            views = embed_views(
+                train_rows, extractor, views=config.augment, seed=config.seed, cache=cache, runtime=runtime,
+                on_progress=lambda done, total: report(
+                    "embedding", 0.05 + 0.85 * (1 + config.augment * done / max(total, 1)) / (1 + config.augment)),
+            )
+            X_train, y_train = with_views(X_train, y_train, views.vectors)
+            embedded.computed += views.computed
+            embedded.cached += views.cached
         missing = [label for label in labels if label not in {r.label for r in train_rows}]
         if missing:
             raise DataError(f"label {missing[0]!r} has no training images left after the validation split")
         report("fitting", 0.9)
-        head_model.fit(X_train, y_train, len(labels))
+        sample_weight = balanced_weights(y_train, len(labels)) if config.balance else None
+        search_plan = tuning.search_plan(config)
+        tuning_metrics: dict[str, Any] = {}
+        if search_plan is not None:
+            # tune / preset "best": k-fold search on the training rows only, over each feature variant
+            # (preset "best" adds augmented views when none were asked for); the lowest log-loss wins
+            best_search: tuple[float, int, Any, dict[str, Any], np.ndarray, np.ndarray, Any] | None = None
+            for index, variant in enumerate(tuning.feature_variants(config)):
+                X_variant, y_variant, weight_variant = X_train, y_train, sample_weight
+                if variant["augment"] != config.augment:
+                    extra = embed_views(train_rows, extractor, views=variant["augment"], seed=config.seed,
+                                        cache=cache, runtime=runtime)
+                    X_variant, y_variant = with_views(X_train, y_train, extra.vectors)
+                    weight_variant = balanced_weights(y_variant, len(labels)) if config.balance else None
+                    embedded.computed += extra.computed
+                    embedded.cached += extra.cached
+                keys, originals = _row_images(train_rows, len(X_variant))
+                chosen, table = tuning.search(
+                    config, X_variant, y_variant, len(labels), weight_variant, keys=keys, scored=originals,
+                    threads=runtime.threads or os.cpu_count() or 1,
+                    on_progress=lambda done, total: report("fitting", 0.9 + 0.06 * done / max(total, 1)),
+                )
+                table["features"] = variant
+                score = table["candidates"][table["chosen"]["index"]]["mean_log_loss"]
+                if best_search is None or score < best_search[0]:
+                    best_search = (score, index, chosen, table, X_variant, y_variant, weight_variant)
+                tuning_metrics.setdefault("tuning_variants", []).append(table)
+            assert best_search is not None
+            _, _, chosen, tuning_metrics["tuning"], X_train, y_train, sample_weight = best_search
+            if len(tuning_metrics["tuning_variants"]) == 1:
+                del tuning_metrics["tuning_variants"]
+            head_model = make_head(chosen.head, seed=config.seed, params=chosen.params)
+        with scalars_to(runtime.tensorboard_dir, head_model):  # a head trained in epochs logs its curves
+            head_model.fit(X_train, y_train, len(labels), sample_weight=sample_weight)
 
+        X_valid = (np.stack([vectors[r.sha256] for r in valid_rows]).astype(np.float64) if valid_rows
+                   else np.zeros((0, X_train.shape[1])))
+        y_valid = np.array([label_index[r.label] for r in valid_rows], dtype=np.int64)
+        # After the head: the temperature, then the unknown tests (centroids of the images, not augmented views).
+        post, post_metrics = fit_calibration_and_unknown(
+            head_model, np.stack([vectors[r.sha256] for r in train_rows]).astype(np.float64),
+            np.array([label_index[r.label] for r in train_rows], dtype=np.int64), X_valid, y_valid, len(labels),
+            calibrate=config.calibrate, unknown=config.unknown)
+        valid_probabilities = post.predict_proba(head_model, X_valid, len(labels))
         metrics: dict[str, Any] = {
-            "training": classification_metrics(y_train, head_model.predict_proba(X_train), labels),
-            "validation": None,
+            "training": classification_metrics(y_train, post.predict_proba(head_model, X_train, len(labels)), labels),
+            "validation": classification_metrics(y_valid, valid_probabilities, labels,
+                                                 unknown=post.unknown_tests(X_valid, valid_probabilities))
+                          if valid_rows else None,
+            **post_metrics,
+            **tuning_metrics,
+            **({"finetune": tuned.metrics()} if tuned is not None else {}),
         }
-        if valid_rows:
-            X_valid = np.stack([vectors[r.sha256] for r in valid_rows]).astype(np.float64)
-            y_valid = np.array([label_index[r.label] for r in valid_rows], dtype=np.int64)
-            metrics["validation"] = classification_metrics(y_valid, head_model.predict_proba(X_valid), labels)
 
         described = extractor.describe()
         card = ModelCard(
@@ -278,10 +374,15 @@ def train(
             labels=labels,
             backbone=BackboneCard(described["name"], described["hash"], described["embedding_dim"],
                                   described["preprocessing"]),
-            head=HeadCard(config.head, head_model.get_params(), config.seed, type(head_model).version),
+            head=HeadCard(head_model.name, head_model.get_params(), config.seed, type(head_model).version),
             config=config,
             manifest_sha256=manifest_hash,
             photolabel_version=__version__,
+            calibration=post.calibration.to_card() if post.calibration is not None else None,
+            unknown=post.unknown.to_card() if post.unknown is not None else None,
+            augment=describe_augmentation(config.augment),  # a preset's chosen views are in the search plan
+            finetune=tuned.section if tuned is not None else None,
+            tuning=search_plan,
         )
         lineage = {
             "manifest_sha256": manifest_hash,
@@ -292,7 +393,10 @@ def train(
                 "train": len(train_rows),
                 "valid": len(valid_rows),
                 "per_label": {label: sum(1 for r in split_records if r.label == label) for label in labels},
+                **({"unused": sum(1 for r in split_records if r.split == UNUSED)}
+                   if config.max_per_label is not None else {}),
             },
+            **({"selection_rule": SELECTION_RULE} if config.max_per_label is not None else {}),
             "images": [dict(row, declared=declared[row["sha256"]]) for row in manifest_rows(split_records)],
         }
         run = None
@@ -311,7 +415,8 @@ def train(
             }
         report("writing", 0.97)
         path = write_model_dir(out, card=card, metrics=metrics, lineage=lineage,
-                               write_head=head_model.save, run=run)
+                               write_head=head_model.save, run=run,
+                               extra_files={**post.files(), **(tuned.files() if tuned is not None else {})})
         model = Model.load(path, runtime=runtime)
         model._backbone = extractor
         report("done", 1.0)
@@ -329,6 +434,14 @@ def train(
     finally:
         if owned:
             dataset.close()
+
+
+def _row_images(train_rows: Sequence[ImageRecord], n_rows: int) -> tuple[list[str], np.ndarray]:
+    """Each training row's image sha256, and whether the row is the image itself rather than one of its
+    augmented views (``with_views`` puts an image's views right after it)."""
+    per_image = n_rows // max(len(train_rows), 1)
+    keys = [r.sha256 for r in train_rows for _ in range(per_image)]
+    return keys, np.arange(n_rows) % per_image == 0
 
 
 def _describe_data(data: str | Path | Dataset) -> str | None:

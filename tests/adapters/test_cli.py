@@ -23,11 +23,17 @@ from click.testing import CliRunner, Result
 from support import serve_http
 
 from photolabel.adapters.cli import main
+from photolabel.backbones.efficientnet import VARIANTS as _VARIANTS
+from photolabel.config import TRAIN_DEFAULTS as _DEFAULTS
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "fashion-tiny"
 LABELS = ["blouse", "halter", "sweater"]
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-ENV_SETTINGS = ("RANDOM_SEED", "TRAIN_PERCENTAGE", "BATCH_SIZE", "HTTP_TIMEOUT", "DOWNLOAD_POOL_SIZE")
+ENV_SETTINGS = ("RANDOM_SEED", "TRAIN_PERCENTAGE", "BATCH_SIZE", "EPOCHS", "HTTP_TIMEOUT", "DOWNLOAD_POOL_SIZE")
+
+
+#: the default backbone's input size (height, width)
+SIZE = next((v.image_size, v.image_size) for v in _VARIANTS if v.name == _DEFAULTS.backbone)
 
 
 @pytest.fixture(autouse=True)
@@ -203,6 +209,42 @@ def test_bad_train_percentage_is_named(tmp_path: Path, small_data: Path, value: 
     assert not out.exists()
 
 
+def test_mlp_with_tensorboard_takes_epochs_from_the_environment(tmp_path: Path, small_data: Path) -> None:
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install -e '.[test]'")
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                      reason="tensorboard is not installed: pip install -e '.[test]'")
+    board = tmp_path / "board"
+    summary = train_json(small_data, "-o", tmp_path / "m", "--head", "mlp", "--tensorboard", board,
+                         env={"EPOCHS": "4", "BATCH_SIZE": "8"})
+    assert summary["head"] == "mlp" and summary["head_params"]["epochs"] == 4
+    assert summary["head_params"]["batch_size"] == 32  # BATCH_SIZE is the backbone's batch on the command line
+    assert model_json(tmp_path / "m")["config"]["head_params"]["epochs"] == 4
+    epochs_run = len(np.load(tmp_path / "m" / "head" / "history.npy"))
+    events = accumulator.EventAccumulator(str(board), size_guidance={"scalars": 0})
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss/train", "accuracy/train", "loss/early_stopping",
+                                             "accuracy/early_stopping"}
+    assert [p.step for p in events.Scalars("loss/train")] == list(range(1, epochs_run + 1))
+    # the same model without the curves
+    again = train_json(small_data, "-o", tmp_path / "again", "--head", "mlp", "--head-param", "epochs=4")
+    assert again["model_id"] == summary["model_id"]
+
+
+def test_epochs_option_wins_and_other_heads_ignore_epochs(tmp_path: Path, small_data: Path,
+                                                          trained_model: Path) -> None:
+    chosen = train_json(small_data, "-o", tmp_path / "m", "--head", "mlp", "--head-param", "epochs=2",
+                        env={"EPOCHS": "4"})
+    assert chosen["head_params"]["epochs"] == 2
+    logistic = train_json(small_data, "-o", tmp_path / "l", env={"EPOCHS": "4"})
+    assert logistic["model_id"] == model_json(trained_model)["model_id"]
+
+
+def test_bad_epochs_is_named(tmp_path: Path, small_data: Path) -> None:
+    result = invoke("train", small_data, "-o", tmp_path / "m", "-q", "--head", "mlp", env={"EPOCHS": "0"})
+    assert_one_error(result, "EPOCHS='0'", "int in [1, 100000]", exit_code=2)
+    assert not (tmp_path / "m").exists()
+
+
 # --- predict -----------------------------------------------------------------------------------
 
 
@@ -228,12 +270,13 @@ def test_predict_json_lines(trained_model: Path, small_data: Path) -> None:
     assert [r["image"] for r in records] == [str(image) for image in images]
     model_id = model_json(trained_model)["model_id"]
     for record, image in zip(records, images):
-        assert set(record) == {"image", "sha256", "label", "scores", "model_id"}
+        assert set(record) == {"image", "sha256", "label", "best", "unknown", "scores", "model_id"}
         assert record["sha256"] == sha256_of(image)
         assert record["model_id"] == model_id
         assert list(record["scores"]) == LABELS
         assert sum(record["scores"].values()) == pytest.approx(1.0, abs=1e-6)
-        assert record["label"] == max(record["scores"], key=record["scores"].get)
+        assert record["best"] == max(record["scores"], key=record["scores"].get)
+        assert record["label"] == ("unknown" if record["unknown"] else record["best"])
 
 
 def test_predict_top_k(trained_model: Path, small_data: Path) -> None:
@@ -343,11 +386,11 @@ def test_info_text_and_json(trained_model: Path) -> None:
     text = ok(invoke("info", trained_model)).stdout
     assert model_id in text
     assert "blouse, halter, sweater" in text
-    assert "efficientnet-lite0" in text
+    assert _DEFAULTS.backbone in text
     summary = json.loads(ok(invoke("info", trained_model, "--json")).stdout)
     assert summary["model_id"] == model_id
     assert summary["labels"] == LABELS
-    assert summary["backbone"]["name"] == "efficientnet-lite0"
+    assert summary["backbone"]["name"] == _DEFAULTS.backbone
 
 
 def test_export_onnx_matches_predict(tmp_path: Path, trained_model: Path, small_data: Path) -> None:
@@ -359,9 +402,9 @@ def test_export_onnx_matches_predict(tmp_path: Path, trained_model: Path, small_
     assert out.is_file()
     images = [small_data / label / "1007.jpg" for label in LABELS]
     batch = np.stack([
-        resize_rgb(decode_image(image.read_bytes(), draft_size=(224, 224)), (224, 224)) for image in images
+        resize_rgb(decode_image(image.read_bytes(), draft_size=SIZE), SIZE) for image in images
     ])
-    assert batch.dtype == np.uint8 and batch.shape == (3, 224, 224, 3)
+    assert batch.dtype == np.uint8 and batch.shape == (3, *SIZE, 3)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(["probabilities"], {"image": batch})
     records = predictions(ok(invoke("predict", trained_model, *images, "--json", "-q")))
@@ -585,14 +628,18 @@ def test_progress_bar_shows_on_a_terminal_and_not_on_a_pipe(tmp_path: Path, smal
     (("--head-param", "C"), ("--head-param", "NAME=VALUE")),
     (("--head", "xgboost"), ("--head", "unknown head 'xgboost'", "known heads: cart")),
     (("--backbone", "resnet"), ("--backbone", "unknown backbone 'resnet'")),
+    (("--augment", "17"), ("--augment", "0..16")),
+    (("--max-per-label", "lots"), ("--max-per-label", "'min'", "'lots'")),
+    (("--head", "knn", "--balance"), ("--balance", "head knn cannot weight classes")),
     (("--batch-size", "0"), ("--batch-size",)),
+    (("--preset", "fastest"), ("--preset",)),
 ])
 def test_every_bad_setting_is_one_error_line_with_exit_2(tmp_path: Path, small_data: Path, args: tuple[str, ...],
                                                          needles: tuple[str, ...]) -> None:
     out = tmp_path / "model"
     result = invoke("train", small_data, "-o", out, "-q", *args)
-    if args[0] == "--batch-size":  # click's own range check: a usage error, also exit 2
-        assert result.exit_code == 2 and "--batch-size" in result.stderr and "Traceback" not in result.output
+    if args[0] in ("--batch-size", "--preset"):  # click's own range or choice check: a usage error, also exit 2
+        assert result.exit_code == 2 and args[0] in result.stderr and "Traceback" not in result.output
     else:
         assert_one_error(result, *needles, exit_code=2)
     assert not out.exists()
@@ -617,4 +664,127 @@ def test_heads_lists_parameters_with_defaults_and_ranges() -> None:
     assert listing["rf"]["params"]["n_estimators"] == {
         "default": 100, "accepts": "int in [1, 10000]", "help": "trees"}
     assert listing["svm"]["params"]["kernel"]["accepts"] == "one of rbf, linear, poly, sigmoid"
-    assert set(listing) == {"logistic", "rf", "lda", "knn", "cart", "svm", "nb"}
+    assert set(listing) == {"logistic", "rf", "lda", "knn", "cart", "svm", "nb", "mlp"}
+
+
+# --- --augment ------------------------------------------------------------------------------------
+
+
+def test_augment_trains_on_cached_views_and_enters_the_model_id(tmp_path: Path, trained_model: Path) -> None:
+    data = copy_data(EXAMPLES, tmp_path / "data", per_label=4)  # 12 images: 3 train + 1 validation per label
+    first = train_json(data, "-o", tmp_path / "a", "--augment", "2", "--valid-fraction", "0.25")
+    again = train_json(data, "-o", tmp_path / "b", "--augment", "2", "--valid-fraction", "0.25")
+    assert (first["n_train"], first["n_valid"]) == (9, 3)
+    assert again["embeddings"] == {"computed": 0, "cached": 12 + 2 * 9}  # views of training images only
+    assert again["model_id"] == first["model_id"] == model_json(tmp_path / "a")["model_id"]
+    assert sha256_of(tmp_path / "a" / "model.json") == sha256_of(tmp_path / "b" / "model.json")
+    card = model_json(tmp_path / "a")
+    assert card["config"]["augment"] == 2 and card["augment"]["views"] == 2
+    one_view = train_json(data, "-o", tmp_path / "c", "--augment", "1", "--valid-fraction", "0.25")
+    plain = train_json(data, "-o", tmp_path / "d", "--valid-fraction", "0.25")
+    assert len({first["model_id"], one_view["model_id"], plain["model_id"]}) == 3
+
+
+
+# --- calibration and the answer "unknown" ---------------------------------------------------------
+
+
+def test_predict_answers_unknown_for_a_foreign_image_and_keeps_the_scores(trained_model: Path, small_data: Path,
+                                                                         tmp_path: Path) -> None:
+    from foreign_images import write_noise_png
+
+    noise = write_noise_png(tmp_path)
+    photo = small_data / "blouse" / "1000.jpg"
+    foreign, own = predictions(ok(invoke("predict", trained_model, noise, photo, "--json", "-q")))
+    assert (foreign["label"], foreign["unknown"]) == ("unknown", True) and foreign["best"] in LABELS
+    assert set(foreign["scores"]) == set(LABELS) and sum(foreign["scores"].values()) == pytest.approx(1.0)
+    assert own["unknown"] is False and own["label"] == own["best"] in LABELS
+    lines = ok(invoke("predict", trained_model, noise, photo, "-q")).stdout.splitlines()
+    name, label, guess = lines[0].split("\t")
+    assert (name, label) == (str(noise), "unknown")
+    assert guess == f"({foreign['best']} {foreign['scores'][foreign['best']]:.4f})"
+    assert lines[1].split("\t")[1] == own["label"]
+    top = ok(invoke("predict", trained_model, noise, "-k", "2", "-q")).stdout.split("\t")
+    assert top[:2] == [str(noise), "unknown"] and top[2].startswith(foreign["best"])
+
+
+def test_train_reports_calibration_and_unknown_and_both_can_be_switched_off(tmp_path: Path, small_data: Path,
+                                                                            trained_model: Path) -> None:
+    text = ok(invoke("train", small_data, "-o", tmp_path / "on", "-q")).stdout
+    assert "calibration  temperature " in text and "validation log-loss" in text and "(ECE)" in text
+    assert "unknown      answered for an image farther than" in text
+    assert "answered unknown for" in text  # the validation images' rate, with the validation metrics
+    summary = train_json(small_data, "-o", tmp_path / "on-json")
+    assert summary["calibration"]["temperature"] == model_json(trained_model)["calibration"]["temperature"]
+    assert summary["unknown"] == {key: model_json(trained_model)["unknown"][key]
+                                  for key in ("distance_threshold", "confidence_threshold")}
+    off = train_json(small_data, "-o", tmp_path / "off", "--calibration", "off", "--unknown", "off")
+    card = model_json(tmp_path / "off")
+    assert "calibration" not in card and "unknown" not in card and off["model_id"] != summary["model_id"]
+    assert (card["config"]["calibrate"], card["config"]["unknown"]) == (False, False)
+    assert off["calibration"] is None and off["unknown"] is None
+    info = ok(invoke("info", tmp_path / "on")).stdout
+    assert "calibration  temperature" in info and "unknown      answered" in info
+    assert "calibration" not in ok(invoke("info", tmp_path / "off")).stdout
+    result = invoke("train", small_data, "-o", tmp_path / "bad", "-q", "--unknown", "maybe")
+    assert result.exit_code == 2 and "--unknown" in result.stderr and not (tmp_path / "bad").exists()
+
+
+def test_evaluate_reports_the_unknown_rate(trained_model: Path, small_data: Path, tmp_path: Path) -> None:
+    from foreign_images import generated_images, png_bytes
+
+    data = copy_data(small_data, tmp_path / "data", per_label=2)
+    drawn = generated_images()
+    for label, name in zip(LABELS, ("noise", "colour-gradient", "shapes-0")):  # nothing the model can know
+        (data / label / f"{name}.png").write_bytes(png_bytes(drawn[name]))
+    metrics = json.loads(ok(invoke("evaluate", trained_model, data, "--json", "-q")).stdout)
+    assert metrics["unknown"]["n"] == 9 and metrics["unknown"]["count"] >= 3 and metrics["unknown"]["far"] >= 3
+    text = ok(invoke("evaluate", trained_model, data, "-q")).stdout
+    assert f"answered unknown for {metrics['unknown']['count']} of 9 images" in text
+
+
+def test_export_names_the_unknown_output(tmp_path: Path, trained_model: Path) -> None:
+    text = ok(invoke("export", trained_model, tmp_path / "m.onnx")).stdout
+    assert "output 'unknown' [N]" in text
+
+
+# --- class balance and the cross-validated search ----------------------------------------------------
+
+def test_train_max_per_label_and_balance(tmp_path: Path, small_data: Path) -> None:
+    data = tmp_path / "data"
+    for label, count in zip(LABELS, (12, 5, 9)):
+        copy_data(small_data, data, labels=[label], per_label=count)
+    smallest = train_json(data, "-o", tmp_path / "min", "--max-per-label", "min", "--balance")
+    assert smallest["n_train"] == 3 * 4  # halter: 5 images, 1 held out for validation
+    card = model_json(tmp_path / "min")
+    assert (card["config"]["max_per_label"], card["config"]["balance"]) == (0, True)
+    assert train_json(data, "-o", tmp_path / "zero", "--max-per-label", "0", "--balance")["model_id"] == \
+        smallest["model_id"]
+    text = ok(invoke("train", data, "-o", tmp_path / "three", "-q", "--max-per-label", "3")).stdout
+    assert "images    9 train" in text and "unused    " in text
+    everything = train_json(data, "-o", tmp_path / "all")
+    assert everything["n_train"] == 26 - everything["n_valid"] and everything["model_id"] != smallest["model_id"]
+
+
+def test_train_tune_records_the_search(tmp_path: Path, small_data: Path) -> None:
+    text = ok(invoke("train", small_data, "-o", tmp_path / "m", "-q", "--tune")).stdout
+    assert "tuning    chosen from 9 candidates by 5-fold cross-validation" in text
+    card = model_json(tmp_path / "m")
+    assert card["config"]["tune"] is True and card["config"]["head_params"] == {"C": 1.0, "max_iter": 2000}
+    table = json.loads((tmp_path / "m" / "metrics.json").read_text())["tuning"]
+    assert card["head"]["params"] == table["chosen"]["params"] and card["tuning"]["heads"][0]["head"] == "logistic"
+    assert "tuning" in json.loads(ok(invoke("info", tmp_path / "m", "--json")).stdout)["metrics"]
+    assert "--tune tries C in 0.001, 0.003" in ok(invoke("heads")).stdout
+    assert json.loads(ok(invoke("heads", "--json")).stdout)["svm"]["tune_grid"]["gamma"][0] == "scale"
+
+
+def test_train_preset_best_chooses_a_head(tmp_path: Path, small_data: Path) -> None:
+    summary = train_json(small_data, "-o", tmp_path / "m", "--preset", "best", "--backbone", "classic",
+                         "--max-per-label", "8")
+    listing = json.loads(ok(invoke("heads", "--json")).stdout)
+    assert summary["head"] in listing and summary["n_train"] == 24
+    card = model_json(tmp_path / "m")
+    assert card["config"]["preset"] == "best" and card["config"]["head"] == "logistic"
+    searched = [entry["head"] for entry in card["tuning"]["heads"]]
+    assert searched[0] == "logistic" and set(searched) == set(listing)  # the configured head first
+    assert card["head"]["name"] == summary["head"]

@@ -66,7 +66,7 @@ def test_train_from_a_bucket_into_a_bucket_then_predict_evaluate_and_info(
     lines = ok(invoke("predict", out, image, "--json", "-q")).stdout.splitlines()
     (answer,) = [json.loads(line) for line in lines]
     assert answer["image"] == image and answer["model_id"] == summary["model_id"]
-    assert answer["label"] == "sweater"
+    assert answer["best"] == "sweater"
 
     info = json.loads(ok(invoke("info", out, "--json")).stdout)
     assert info["model_id"] == summary["model_id"] and info["labels"] == list(LABELS)
@@ -154,7 +154,7 @@ def test_the_service_loads_and_serves_a_model_by_uri(s3_bucket: str, trained_mod
         answer = client.post(f"/v1/models/{card.model_id}/predict",
                              files={"images": ("h.jpg", image.read_bytes(), "image/jpeg")})
         assert answer.status_code == 200, answer.text
-        assert answer.json()["predictions"][0]["label"] == "halter"
+        assert answer.json()["predictions"][0]["best"] == "halter"
         storage.write_bytes(f"s3://{s3_bucket}/photos/h.jpg", image.read_bytes())
         by_uri = client.post(f"/v1/models/{card.model_id}/predict-object", json={"uri": f"s3://{s3_bucket}/photos/h.jpg"})
         assert by_uri.status_code == 200, by_uri.text

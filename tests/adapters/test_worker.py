@@ -325,7 +325,7 @@ def test_json_answers(start) -> None:
     assert re.fullmatch(HEX64, ready["model_id"]) and ready["labels"] == ["blouse", "halter"]
 
     predicted = worker.ask_json("predict halter.jpg")
-    assert predicted["ok"] is True and predicted["label"] == "halter"
+    assert predicted["ok"] is True and predicted["best"] == "halter"
     assert predicted["model_id"] == ready["model_id"] and predicted["image"] == "halter.jpg"
     assert set(predicted["scores"]) == {"blouse", "halter"}
     assert sum(predicted["scores"].values()) == pytest.approx(1.0, abs=1e-6)
@@ -339,7 +339,7 @@ def test_json_answers(start) -> None:
     info = worker.ask_json("info")
     assert info["ok"] is True and info["model_id"] == ready["model_id"]
     assert info["labels"] == ["blouse", "halter"] and info["n_images"] == 40
-    assert (info["backbone"], info["head"]) == ("efficientnet-lite0", "logistic")
+    assert (info["backbone"], info["head"]) == ("efficientnet-lite1", "logistic")  # the defaults
 
     trained = worker.ask_json("train train.tar.gz valid.tar.gz")
     assert trained["ok"] is True and trained["message"] == "Model Successfully Trained"
@@ -348,7 +348,7 @@ def test_json_answers(start) -> None:
     assert 0.0 <= trained["validation_accuracy"] <= 1.0
 
     after = worker.ask_json("predict halter.jpg")
-    assert after["label"] == "halter" and after["model_id"] == trained["model_id"]
+    assert after["best"] == "halter" and after["model_id"] == trained["model_id"]
     assert worker.ask_json("info")["n_images"] == 68
     assert worker.ask_json("quit") == {"ok": True, "quit": True}
     assert worker.proc.wait(timeout=30) == 0
@@ -452,3 +452,44 @@ def test_a_bad_setting_is_the_first_answer_ok_false(start, args: tuple[str, ...]
     assert answer["ok"] is False and answer["error"]["code"] == "invalid_config", answer
     assert needle in answer["error"]["message"]
     assert worker.proc.wait(timeout=60) == 1
+
+
+# -- the answer "unknown" ----------------------------------------------------------------------------
+
+def test_predict_answers_unknown_for_an_image_unlike_the_training_images(start, workdir: Path) -> None:
+    from foreign_images import write_noise_png
+
+    write_noise_png(workdir)
+    worker = start("-d", "dataset", "-c", "blouse", "halter")
+    model_id = re.fullmatch(rf"ready: model ({HEX64}) \(trained; labels: blouse, halter\)", worker.ready()).group(1)
+    assert worker.ask("predict noise.png") == "unknown"  # seed 000's plain text: the answer alone
+    assert worker.ask("predict blouse.jpg") == "blouse"
+    worker.send("quit")
+
+    as_json = start("-d", "dataset", "-c", "blouse", "halter", "--json")
+    assert json.loads(as_json.ready())["model_id"] == model_id  # the same settings: the same model, loaded
+    answer = as_json.ask_json("predict noise.png")
+    assert (answer["ok"], answer["label"], answer["unknown"]) == (True, "unknown", True)
+    assert answer["best"] in ("blouse", "halter") and set(answer["scores"]) == {"blouse", "halter"}
+    known = as_json.ask_json("predict blouse.jpg")
+    assert (known["label"], known["best"], known["unknown"]) == ("blouse", "blouse", False)
+
+    off = start("-d", "dataset", "-c", "blouse", "halter", "--json", "--unknown", "off", "--calibration", "off")
+    assert json.loads(off.ready())["model_id"] != model_id
+    answer = off.ask_json("predict noise.png")
+    assert answer["unknown"] is False and answer["label"] == answer["best"] in ("blouse", "halter")
+
+
+# -- class balance and tuning ------------------------------------------------------------------------
+
+def test_a_tuned_balanced_worker_restarts_on_the_same_model(start, workdir: Path) -> None:
+    args = ("-d", "dataset", "-c", "blouse", "halter", "--tune", "--balance", "--max-per-label", "min")
+    first = start(*args)
+    match = re.fullmatch(rf"ready: model ({HEX64}) \(trained; labels: blouse, halter\)", first.ready())
+    assert match
+    assert first.finish() == 0
+    again = start(*args)  # the planned id of a searched model is the id it is trained under
+    assert again.ready() == f"ready: model {match.group(1)} (loaded; labels: blouse, halter)"
+    card = json.loads((workdir / "photolabel-worker" / "models" / match.group(1) / "model.json").read_text())
+    assert card["config"]["tune"] and card["config"]["balance"] and card["config"]["max_per_label"] == 0
+    assert card["tuning"]["heads"][0]["head"] == "logistic"

@@ -14,7 +14,7 @@ from photolabel.errors import ConfigError, UnknownNameError
 
 def test_defaults_are_complete_and_hold_every_head_parameter():
     assert TRAIN_DEFAULTS.to_dict() == {
-        "backbone": "efficientnet-lite0", "head": "logistic", "head_params": {"C": 1.0, "max_iter": 2000},
+        "backbone": "efficientnet-lite1", "head": "logistic", "head_params": {"C": 1.0, "max_iter": 2000},
         "seed": 1234, "valid_fraction": 0.1, "classes": None, "augment": 0, "finetune": False,
         "max_per_label": None, "balance": False, "calibrate": True, "unknown": True, "tune": False, "preset": None,
     }

@@ -42,7 +42,7 @@ def test_load_reads_the_card(model, trained_model, cache_dir):
     document = json.loads((trained_model / "model.json").read_text())
     assert model.labels == LABELS
     assert model.model_id == document["model_id"] and len(model.model_id) == 64
-    assert model.card.backbone.name == "efficientnet-lite0"
+    assert model.card.backbone.name == "efficientnet-lite1"  # the default
     assert model.card.backbone.hash == document["backbone"]["hash"] == model.backbone.hash
     assert model.card.head.name == "logistic"
     assert model.path == trained_model

@@ -126,7 +126,7 @@ def test_predict_api_pairs_results_with_inputs(trained_model, small_data):
     model = photolabel.load_model(trained_model)
     good = min((small_data / "sweater").iterdir())
     results = model.predict_batch([good, b"not an image", str(good)])
-    assert results[0].label in model.labels and results[2].sha256 == results[0].sha256
+    assert results[0].best in model.labels and results[2].sha256 == results[0].sha256
     assert results[1].source == "<bytes>" and "not an image" in results[1].reason
     probs = model.predict_proba([good])
     assert probs.shape == (1, 3) and np.isclose(probs.sum(), 1.0)

@@ -63,6 +63,9 @@ REMEDIES = {
 FLAGS = {
     "seed": "--seed", "valid_fraction": "--valid-fraction", "backbone": "--backbone", "head": "--head",
     "classes": "--classes", "threads": "--threads", "batch_size": "--batch-size", "head_params": "--head-param",
+    "augment": "--augment", "finetune": "--finetune",
+    "calibrate": "--calibration", "unknown": "--unknown",
+    "max_per_label": "--max-per-label", "balance": "--balance", "tune": "--tune", "preset": "--preset",
 }
 
 
@@ -129,6 +132,29 @@ def _head_params(values: Sequence[str]) -> dict[str, str]:
     return params
 
 
+def _epochs_from_env(head: str, params: dict[str, str]) -> dict[str, str]:
+    """``params`` with ``epochs`` from the EPOCHS variable (the static-transfer-learning service's) when the head
+    trains in epochs and ``--head-param epochs=`` is not given. (BATCH_SIZE is --batch-size, the backbone's batch;
+    a head's batch is ``--head-param batch_size=``.)"""
+    import os
+
+    from photolabel.errors import ConfigError
+    from photolabel.heads import get_head_class, list_heads
+
+    value = os.environ.get("EPOCHS", "").strip()
+    if not value or "epochs" in params or head not in list_heads():
+        return params
+    cls = get_head_class(head)
+    if "epochs" not in cls.param_names():
+        return params
+    try:
+        cls.constraints["epochs"].check("epochs", value)
+    except ConfigError:
+        fail(f"EPOCHS={value!r}: expected {cls.constraints['epochs'].describe()} (passes over the training images "
+             f"of head {head})", EXIT_USAGE)
+    return {**params, "epochs": value}
+
+
 def _train_config(**fields: Any) -> Any:
     """The TrainConfig these options describe (fields left None keep their defaults); exit 2 if invalid."""
     from photolabel.config import TRAIN_DEFAULTS, merge_overrides
@@ -162,6 +188,79 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
+def answer_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--calibration`` and ``--unknown``, for the commands that train."""
+
+    def on_off(value: bool) -> str:
+        return "on" if value else "off"
+
+    options = [
+        click.option("--calibration", type=click.Choice(("on", "off")), default=on_off(TRAIN_DEFAULTS.calibrate),
+                     show_default=True,
+                     help="Fit a temperature on the validation images so that the probabilities say how often "
+                          "the model is right (the top label never changes)."),
+        click.option("--unknown", type=click.Choice(("on", "off")), default=on_off(TRAIN_DEFAULTS.unknown),
+                     show_default=True,
+                     help='Answer "unknown" for an image unlike every training image, or when the model is not '
+                          "confident enough; both thresholds are chosen on held-out images and kept in the model."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def balance_and_search_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-per-label``, ``--balance``, ``--tune`` and ``--preset``, for the commands that train."""
+    options = [
+        click.option("--max-per-label", "max_per_label", default=None, metavar="N|min",
+                     help="Train on at most N images per label, chosen by hash and seed (the same every run); "
+                          "'min' (or 0): as many as the smallest label has, like the static-transfer-learning "
+                          "service's DATA_LIMIT=0. Validation images are never dropped. [default: all]"),
+        click.option("--balance", is_flag=True, default=TRAIN_DEFAULTS.balance,
+                     help="Weight each label inversely to its number of training images."),
+        click.option("--tune", is_flag=True, default=TRAIN_DEFAULTS.tune,
+                     help="Choose the head's parameters by 5-fold cross-validation on the training images "
+                          "(lowest mean log-loss over the grid `photolabel heads` shows); slower, same result "
+                          "every run."),
+        click.option("--preset", type=click.Choice(["best"]), default=TRAIN_DEFAULTS.preset,
+                     help="best: choose the head too, searching every head's grid the way --tune does."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def parse_max_per_label(value: str | None) -> int | None:
+    """``--max-per-label``'s value: None (all), ``min`` (0: the smallest label's count) or a whole number."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text == "min":
+        return 0
+    if not text.isdigit():
+        fail(f"--max-per-label: expected a whole number or 'min', got {value!r}", EXIT_USAGE)
+    return int(text)
+
+
+def describe_answers(card: Any, metrics: dict[str, Any]) -> list[str]:
+    """Lines on a model's calibration and its unknown answer (none for a model without them)."""
+    lines = []
+    if card.calibration is not None:
+        fitted = metrics.get("calibration") or {}
+        if fitted.get("log_loss_before") is None:
+            lines.append("calibration  none fitted (no validation images): probabilities as the head gives them")
+        else:
+            lines.append(f"calibration  temperature {card.calibration['temperature']:g}: validation log-loss "
+                         f"{fitted['log_loss_before']:.4f} -> {fitted['log_loss_after']:.4f}, calibration error "
+                         f"(ECE) {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f}")
+    if card.unknown is not None:
+        confidence = card.unknown["confidence_threshold"]
+        unsure = f", or less than {100 * confidence:.1f}% sure" if confidence > 0 else ""
+        lines.append(f"unknown      answered for an image farther than {card.unknown['distance_threshold']:g} "
+                     f"(cosine distance) from the centre of every label's training images{unsure}")
+    return lines
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="photolabel")
 def main() -> None:
@@ -186,16 +285,30 @@ def main() -> None:
 @click.option("--head-param", "head_param", multiple=True, metavar="NAME=VALUE",
               help="A hyperparameter of the head, e.g. C=0.1 (repeatable); `photolabel heads` lists them "
                    "with their defaults and ranges.")
+@click.option("--augment", "augment", type=int, default=TRAIN_DEFAULTS.augment, show_default=True, metavar="K",
+              help="Also train on K augmented views of each training image (flip, crop, small rotation, colour "
+                   "jitter; 0 to 16), the same views every run; their embeddings are cached.")
+@click.option("--finetune", is_flag=True, default=TRAIN_DEFAULTS.finetune,
+              help="Also train the backbone's last block and 1x1 conv head on the training images (minutes on "
+                   "a CPU; EfficientNet-Lite backbones only); the activations before them are cached.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed as warnings) and train on the rest.")
 @click.option("--from", "base_model", default=None,
               help="Add DATA to this model's images (incremental): its labels keep their order, new ones "
                    "append, and its backbone, head, head parameters, seed and valid fraction are used.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--tensorboard", "tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Write TensorBoard curves into DIR (heads trained in epochs, such as mlp: loss "
+                                  "and accuracy per epoch); view them with `tensorboard --logdir DIR`. Needs "
+                                  "pip install 'photolabel[tensorboard]'. The model is the same with or without.")
+@answer_options
+@balance_and_search_options
 @common_options
 def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction: float | None,
-          backbone: str, head: str, head_param: Sequence[str], skip_bad: bool, base_model: str | None,
-          as_json: bool, threads: int | None, cache_dir: Path | None, batch_size: int, http_timeout: float,
-          download_pool_size: int, quiet: bool) -> None:
+          backbone: str, head: str, head_param: Sequence[str], augment: int, finetune: bool, skip_bad: bool,
+          base_model: str | None, as_json: bool, threads: int | None, cache_dir: Path | None, batch_size: int,
+          http_timeout: float, download_pool_size: int, quiet: bool, tensorboard: Path | None,
+          calibration: str, unknown: str, max_per_label: str | None, balance: bool, tune: bool,
+          preset: str | None) -> None:
     """Train a model on DATA: a folder (DATA/<label>/*, or train/ + valid/), a .tar.gz/.tgz/.zip
     archive of one, or a CSV manifest of `image,label[,sha1]` rows (paths or URIs). DATA may be
     a path or a storage URI (s3://bucket/prefix/, https://host/data.csv, ...)."""
@@ -216,8 +329,16 @@ def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction
         valid_fraction = round(1.0 - share, 6)
     config = _train_config(backbone=backbone, head=head, seed=seed, valid_fraction=valid_fraction,
                            classes=run_safely(lambda: parse_label_list(classes)),
-                           head_params=_head_params(head_param))
+                           head_params=_epochs_from_env(head, _head_params(head_param)), augment=augment,
+                           finetune=finetune, calibrate=calibration == "on", unknown=unknown == "on",
+                           max_per_label=parse_max_per_label(max_per_label), balance=balance, tune=tune,
+                           preset=preset)
     runtime = _runtime(threads, cache_dir, batch_size, http_timeout, download_pool_size, quiet)
+    if tensorboard is not None:
+        from photolabel.tensorboard import require_tensorboard
+
+        run_safely(require_tensorboard)
+        runtime = runtime.replace(tensorboard_dir=tensorboard)
     result = run_safely(lambda: train_model(data, out, config, runtime, base_model=base_model, skip_bad=skip_bad))
     for problem in result.skipped:
         click.echo(f"warning: skipped {problem.message}", err=True)
@@ -234,6 +355,15 @@ def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction
     click.echo(f"backbone  {card.backbone.name}   head  {card.head.name} ({_format_params(card.head.params)})")
     click.echo(f"images    {result.n_train} train, {result.n_valid} validation; embeddings computed "
                f"{result.embeddings_computed}, from cache {result.embeddings_cached}")
+    unused = result.model.lineage["counts"].get("unused")
+    if unused:
+        click.echo(f"unused    {unused} training image(s) past --max-per-label (listed in lineage.json)")
+    search = result.metrics.get("tuning")
+    if search:
+        chosen = search["candidates"][search["chosen"]["index"]]
+        click.echo(f"tuning    chosen from {len(search['candidates'])} candidates by {search['folds']}-fold "
+                   f"cross-validation: mean log-loss {chosen['mean_log_loss']:.4f}, accuracy "
+                   f"{chosen['mean_accuracy']:.4f} (every candidate in metrics.json)")
     if result.skipped:
         click.echo(f"skipped   {len(result.skipped)} bad image(s), listed above")
     validation = result.metrics.get("validation")
@@ -242,6 +372,8 @@ def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction
         click.echo(_indent(format_metrics(validation)))
     else:
         click.echo("validation: none (no validation images)")
+    for line in describe_answers(card, result.metrics):
+        click.echo(line)
 
 
 def _format_params(params: Any) -> str:
@@ -258,13 +390,18 @@ def _indent(text: str) -> str:
 @click.option("-k", "--top-k", type=click.IntRange(1, None), default=None,
               help="Show the K most probable labels.")
 @click.option("--json", "as_json", is_flag=True,
-              help='One JSON object per line: {"image", "sha256", "label", "scores", "model_id"}.')
+              help='One JSON object per line: {"image", "sha256", "label", "best", "unknown", "scores", '
+                   '"model_id"}; "label" is "unknown" when the model answers unknown, "best" its most probable '
+                   'label.')
 @common_options
 def predict(model_dir: str, images: Sequence[str], top_k: int | None, as_json: bool, threads: int | None,
             cache_dir: Path | None, batch_size: int, http_timeout: float, download_pool_size: int,
             quiet: bool) -> None:
     """Label IMAGES (files, folders, globs, or URIs: file://, http(s)://, s3://, ...) with the model
-    in MODEL_DIR (a path or a storage URI)."""
+    in MODEL_DIR (a path or a storage URI).
+
+    The label is "unknown" when the image is unlike the model's training images or the model is
+    not confident enough (models trained with --unknown on); the best guess follows in brackets."""
     from photolabel.inputs import read_images
     from photolabel.model import load_model
 
@@ -288,7 +425,10 @@ def predict(model_dir: str, images: Sequence[str], top_k: int | None, as_json: b
             click.echo(json.dumps(result.to_dict(top_k), sort_keys=False))
         elif top_k:
             ranked = "  ".join(f"{label} {p:.4f}" for label, p in result.top(top_k))
-            click.echo(f"{result.image}\t{ranked}")
+            prefix = "unknown\t" if result.unknown else ""
+            click.echo(f"{result.image}\t{prefix}{ranked}")
+        elif result.unknown:  # the scores are still shown: the best guess, in brackets
+            click.echo(f"{result.image}\t{result.label}\t({result.best} {result.probability:.4f})")
         else:
             click.echo(f"{result.image}\t{result.label}\t{result.probability:.4f}")
     if failed:
@@ -358,6 +498,10 @@ def info(model_dir: str, as_json: bool) -> None:
     click.echo(f"labels     {', '.join(card.labels)}")
     click.echo(f"backbone   {backbone.name} (hash {backbone.hash[:16]}…, "
                f"{backbone.embedding_dim}-d, input {'x'.join(map(str, backbone.image_size))})")
+    if card.finetune:
+        tuned = card.finetune
+        click.echo(f"finetuned  {tuned.get('cut')}; kept epoch {tuned.get('best_epoch')} of "
+                   f"{tuned.get('epochs_run')} run (tail sha256 {str(tuned.get('tail_sha256'))[:16]}…)")
     click.echo(f"head       {card.head.name} v{card.head.version} ({_format_params(card.head.params)})")
     click.echo(f"config     seed={card.config.seed} valid_fraction={card.config.valid_fraction}")
     counts = lineage.get("counts", {})
@@ -371,6 +515,8 @@ def info(model_dir: str, as_json: bool) -> None:
 
         click.echo("validation")
         click.echo(_indent(format_metrics(validation)))
+    for line in describe_answers(card, metrics):
+        click.echo(line)
     if files.run:
         click.echo(f"trained    {files.run.get('created_at')} in {files.run.get('duration_s')} s "
                    f"on {files.run.get('host')}")
@@ -383,20 +529,22 @@ def info(model_dir: str, as_json: bool) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
               default=None)
 def export_command(model_dir: str, out: Path, head_only: bool, cache_dir: Path | None) -> None:
-    """Write MODEL_DIR as one ONNX graph: uint8 RGB image (N x H x W x 3) -> probabilities."""
+    """Write MODEL_DIR as one ONNX graph: uint8 RGB image (N x H x W x 3) -> probabilities (calibrated),
+    and, for a model that answers unknown, a second output 'unknown' (bool per image)."""
     from photolabel.export import export_onnx
     from photolabel.model import load_model
 
     model = run_safely(lambda: load_model(model_dir, cache_dir=cache_dir))
     path = run_safely(lambda: export_onnx(model, out, head_only=head_only))
     size = model.card.backbone.image_size
+    unknown = ", output 'unknown' [N] (bool: the model answers unknown)" if model.post.unknown is not None else ""
     click.echo(f"wrote {path}: input 'image' uint8 [N, {size[0]}, {size[1]}, 3] (RGB, bilinear resize), "
-               f"output 'probabilities' [N, {len(model.labels)}] for labels {', '.join(model.labels)}"
-               if not head_only else f"wrote {path}: input 'embedding', output 'probabilities'")
+               f"output 'probabilities' [N, {len(model.labels)}] for labels {', '.join(model.labels)}{unknown}"
+               if not head_only else f"wrote {path}: input 'embedding', output 'probabilities'{unknown}")
 
 
 @main.command()
-@click.option("--backbone", "names", multiple=True, default=("efficientnet-lite0",), show_default=True,
+@click.option("--backbone", "names", multiple=True, default=(TRAIN_DEFAULTS.backbone,), show_default=True,
               help="Backbone(s) to prepare; repeat for several.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
               default=None, show_envvar=True)
@@ -423,7 +571,8 @@ def backbones() -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: each head's parameters, defaults, ranges.")
 def heads(as_json: bool) -> None:
-    """List the registered heads with their parameters (set them with --head-param NAME=VALUE)."""
+    """List the registered heads with their parameters (set them with --head-param NAME=VALUE) and the
+    values --tune and --preset best try."""
     from photolabel.heads import get_head_class, list_heads
 
     listing = {}
@@ -434,6 +583,7 @@ def heads(as_json: bool) -> None:
             "params": {param: {"default": default, "accepts": cls.constraints[param].describe(),
                                "help": cls.constraints[param].help}
                        for param, default in cls.default_params().items()},
+            "tune_grid": {param: list(values) for param, values in cls.tune_grid.items()},
         }
     if as_json:
         click.echo(json.dumps(listing))
@@ -443,6 +593,10 @@ def heads(as_json: bool) -> None:
         for param, spec in entry["params"].items():
             default = "none" if spec["default"] is None else spec["default"]
             click.echo(f"    {param}={default:<10} {spec['accepts']}: {spec['help']}")
+        if entry["tune_grid"]:
+            tried = "; ".join(f"{param} in {', '.join('none' if v is None else str(v) for v in values)}"
+                              for param, values in entry["tune_grid"].items())
+            click.echo(f"    --tune tries {tried}")
 
 
 @main.command()
@@ -458,11 +612,17 @@ def heads(as_json: bool) -> None:
 @click.option("--head", default=TRAIN_DEFAULTS.head, show_default=True)
 @click.option("--head-param", "head_param", multiple=True, metavar="NAME=VALUE",
               help="A hyperparameter of the head (repeatable); see `photolabel heads`.")
+@click.option("--augment", "augment", type=int, default=TRAIN_DEFAULTS.augment, show_default=True, metavar="K",
+              help="Also train on K augmented views of each training image (0 to 16).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
               default=None)
+@answer_options
+@balance_and_search_options
 def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, seed: int, backbone: str,
-           head: str, head_param: Sequence[str], threads: int | None, cache_dir: Path | None) -> None:
+           head: str, head_param: Sequence[str], augment: int, threads: int | None, cache_dir: Path | None,
+           calibration: str, unknown: str, max_per_label: str | None, balance: bool, tune: bool,
+           preset: str | None) -> None:
     """A long-lived classifier on stdin/stdout (seed 000): predict IMAGE | train TRAIN VALID | info | help | quit.
 
     Settings are checked when the worker starts: a bad one is its first answer (ok: false with --json)."""
@@ -470,8 +630,10 @@ def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, 
 
     names = run_safely(lambda: parse_label_list(classes)) or ()
     settings = WorkerSettings(dataset=dataset, classes=names, work_dir=work_dir, seed=seed, backbone=backbone,
-                              head=head, head_params=_head_params(head_param), threads=threads,
-                              cache_dir=cache_dir)
+                              head=head, head_params=_head_params(head_param), augment=augment,
+                              calibrate=calibration == "on", unknown=unknown == "on",
+                              max_per_label=parse_max_per_label(max_per_label), balance=balance, tune=tune,
+                              preset=preset, threads=threads, cache_dir=cache_dir)
     sys.exit(run_worker(settings, as_json=as_json))
 
 

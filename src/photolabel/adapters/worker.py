@@ -4,7 +4,8 @@ Started with ``-d DATASET -c CLASS...`` it trains (or, for data and settings it 
 seen before, loads the content-addressed model at once), prints one ready line, then
 answers one command per line, flushed at once:
 
-    predict IMAGE                   -> the label (seed 000 prints the label alone)
+    predict IMAGE                   -> the label (seed 000 prints the label alone); "unknown" for an
+                                       image unlike the training images or one the model is unsure of
     train TRAIN.tar.gz VALID.tar.gz -> adds the images, retrains, "Model Successfully Trained <id>"
     info | help | quit              (EOF also ends the session)
 
@@ -53,13 +54,22 @@ class WorkerSettings:
     head: str = TRAIN_DEFAULTS.head
     head_params: dict[str, Any] = field(default_factory=dict)
     valid_fraction: float = TRAIN_DEFAULTS.valid_fraction
+    augment: int = TRAIN_DEFAULTS.augment
+    calibrate: bool = TRAIN_DEFAULTS.calibrate
+    unknown: bool = TRAIN_DEFAULTS.unknown
+    max_per_label: int | None = TRAIN_DEFAULTS.max_per_label
+    balance: bool = TRAIN_DEFAULTS.balance
+    tune: bool = TRAIN_DEFAULTS.tune
+    preset: str | None = TRAIN_DEFAULTS.preset
     threads: int | None = None
     cache_dir: Path | None = None
 
     def train_config(self) -> TrainConfig:
         """Raises ConfigError for a bad setting (the worker's first answer, then)."""
         return TrainConfig(backbone=self.backbone, head=self.head, head_params=self.head_params, seed=self.seed,
-                           valid_fraction=self.valid_fraction, classes=self.classes or None)
+                           valid_fraction=self.valid_fraction, classes=self.classes or None, augment=self.augment,
+                           calibrate=self.calibrate, unknown=self.unknown, max_per_label=self.max_per_label,
+                           balance=self.balance, tune=self.tune, preset=self.preset)
 
     def runtime(self) -> Runtime:
         return Runtime(threads=self.threads, cache_dir=self.cache_dir)
@@ -187,8 +197,8 @@ class WorkerSession:
         (result,) = self.model.predict_batch(read_images([image], self.runtime.fetch))
         if isinstance(result, BadInput):
             return {"ok": False, "error": {"code": result.code, "message": result.message}}
-        return {"ok": True, "label": result.label, "scores": result.scores, "model_id": result.model_id,
-                "image": result.image, "sha256": result.sha256}
+        return {"ok": True, "label": result.label, "best": result.best, "unknown": result.unknown,
+                "scores": result.scores, "model_id": result.model_id, "image": result.image, "sha256": result.sha256}
 
     def retrain(self, train_archive: str, valid_archive: str) -> dict[str, Any]:
         from photolabel import storage

@@ -271,7 +271,7 @@ def test_v1_train_archive_to_model_details(tmp_path: Path, cache_dir: Path, smal
         listed = client.get("/v1/models").json()["models"]
         assert [m["model_id"] for m in listed] == [model["model_id"]]
         assert listed[0]["validation_accuracy"] == validation["accuracy"]
-        assert listed[0]["labels"] == LABELS and listed[0]["backbone"] == "efficientnet-lite0"
+        assert listed[0]["labels"] == LABELS and listed[0]["backbone"] == "efficientnet-lite1"
         assert [j["job_id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job_id]
 
 
@@ -483,5 +483,93 @@ def test_concurrent_requests_share_one_batch(tmp_path: Path, cache_dir: Path, tr
 
         with ThreadPoolExecutor(len(images)) as pool:
             answers = list(pool.map(together, images))
-        assert [a.json()["predictions"][0]["label"] for a in answers] == [label for label in LABELS for _ in (0, 1)]
+        assert [a.json()["predictions"][0]["best"] for a in answers] == [label for label in LABELS for _ in (0, 1)]
         assert batcher.batches_run - before == 1  # six requests, one predict_batch call
+
+
+# --- calibration and the answer "unknown" -------------------------------------------------------------
+
+
+def test_predict_answers_unknown_with_scores_and_infer_keeps_the_seed_shape(
+        tmp_path: Path, cache_dir: Path, trained_model: Path, small_data: Path) -> None:
+    from foreign_images import generated_images, png_bytes
+
+    settings = make_settings(tmp_path, cache_dir, allow_private_urls=True)
+    model_id = register_model(settings.data_dir, trained_model)
+    blouse, noise = image_files(small_data, "blouse")[0], png_bytes(generated_images()["noise"])
+    server = FileServer({"/noise.png": noise})
+    with server.serving() as base, running(settings) as client:
+        files = [("images", ("noise.png", noise, "image/png")),
+                 ("images", (blouse.name, blouse.read_bytes(), "image/jpeg"))]
+        response = client.post(f"/v1/models/{model_id}/predict", files=files)
+        assert response.status_code == 200, response.text
+        foreign, own = response.json()["predictions"]
+        assert (foreign["label"], foreign["unknown"]) == ("unknown", True) and foreign["best"] in LABELS
+        assert sorted(foreign["scores"]) == LABELS and sum(foreign["scores"].values()) == pytest.approx(1.0)
+        assert foreign["best"] == max(foreign["scores"], key=foreign["scores"].get)
+        assert (own["label"], own["best"], own["unknown"]) == ("blouse", "blouse", False)
+
+        infer = client.post("/infer", json={"model": {"sha1": model_id}, "image": {"url": f"{base}/noise.png"}})
+        assert infer.status_code == 200, infer.text
+        assert infer.json() == pytest.approx(foreign["scores"], abs=1e-9)  # {label: probability} only
+
+        details = client.get(f"/v1/models/{model_id}").json()
+        assert details["calibration"]["temperature"] == details["metrics"]["calibration"]["temperature"]
+        assert details["unknown"]["distance_threshold"] == details["metrics"]["unknown"]["distance_threshold"]
+        assert details["metrics"]["validation"]["unknown"]["n"] == details["metrics"]["validation"]["n"]
+
+
+def test_v1_train_form_switches_calibration_and_unknown_off(tmp_path: Path, cache_dir: Path,
+                                                            small_data: Path) -> None:
+    archive = tar_gz(small_data)
+    with running(make_settings(tmp_path, cache_dir)) as client:
+        started = client.post("/v1/train", files={"data": ("fashion.tar.gz", archive, "application/gzip")},
+                              data={"calibrate": "false", "unknown": "false"})
+        assert started.status_code == 202, started.text
+        job = wait_for_job(client, started.json()["job_id"])
+        assert job["status"] == "ready", job
+        model = client.get(f"/v1/models/{job['model_id']}").json()
+        assert (model["config"]["calibrate"], model["config"]["unknown"]) == (False, False)
+        assert model["calibration"] is None and model["unknown"] is None
+        assert "calibration" not in model["metrics"] and "unknown" not in model["metrics"]["validation"]
+        bad = client.post("/v1/train", files={"data": ("fashion.tar.gz", archive, "application/gzip")},
+                          data={"unknown": "perhaps"})
+        assert bad.status_code == 422
+
+
+def test_data_limit_and_the_search_fields_reach_the_training_jobs(tmp_path: Path, cache_dir: Path,
+                                                                  small_data: Path) -> None:
+    server = image_server(small_data)
+    settings = make_settings(tmp_path, cache_dir, allow_private_urls=True, data_limit=5)
+    with server.serving() as base, running(settings) as client:
+        # /train (the static-transfer-learning API) trains on at most DATA_LIMIT images per label
+        csv = url_csv(server, base)
+        server.files["/train.csv"] = csv
+        seed_job = client.post("/train", json=train_request(f"{base}/train.csv", hashlib.sha1(csv).hexdigest()))
+        assert seed_job.status_code == 200, seed_job.text
+        job = wait_for_job(client, seed_job.json()["model_sha1"])
+        assert job["status"] == "ready", job
+        model = client.get(f"/v1/models/{job['model_id']}").json()
+        assert model["config"]["max_per_label"] == 5 and model["lineage"]["counts"]["train"] == 15
+
+        # /v1/train: DATA_LIMIT unless the form says otherwise; balance, tune and preset from the form
+        archive = tar_gz(small_data)
+        started = client.post("/v1/train", files={"data": ("fashion.tar.gz", archive, "application/gzip")},
+                              data={"max_per_label": "all", "balance": "true", "tune": "true"})
+        assert started.status_code == 202, started.text
+        job = wait_for_job(client, started.json()["job_id"])
+        assert job["status"] == "ready", job
+        model = client.get(f"/v1/models/{job['model_id']}").json()
+        config = model["config"]
+        assert (config["max_per_label"], config["balance"], config["tune"]) == (None, True, True)
+        assert model["metrics"]["tuning"]["weighted"] is True and model["lineage"]["counts"]["train"] == 54
+        registry = Registry(tmp_path / "data" / "photolabel.sqlite3")
+        for form, expected in (({}, 5), ({"max_per_label": "min"}, 0), ({"max_per_label": "7"}, 7)):
+            queued = client.post("/v1/train", files={"data": ("fashion.tar.gz", archive, "application/gzip")},
+                                 data={**form, "preset": "best", "seed": "99"})
+            assert queued.status_code == 202, queued.text
+            spec = registry.get_job(queued.json()["job_id"]).spec
+            assert (spec["config"]["max_per_label"], spec["config"]["preset"]) == (expected, "best")
+        for form in ({"max_per_label": "lots"}, {"preset": "fastest"}):
+            bad = client.post("/v1/train", files={"data": ("fashion.tar.gz", archive, "application/gzip")}, data=form)
+            assert_error(bad, 422, "invalid_config")

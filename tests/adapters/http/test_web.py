@@ -309,3 +309,33 @@ def test_static_files_are_served(api: httpx.Client) -> None:
     text = page.text + api.get("/static/app.js").text + api.get("/static/app.css").text
     assert "http://" not in text.replace("http://127.0.0.1", "") and "https://" not in text  # no CDN, no fonts
 
+
+
+def test_an_image_unlike_the_training_images_is_shown_as_unknown(page: tuple[Page, PageLog], api: httpx.Client,
+                                                                 seeded_model: str, tmp_path: Path) -> None:
+    from foreign_images import write_noise_png
+
+    browser_page, log = page
+    open_with_model(browser_page, seeded_model)
+    expect(browser_page.get_by_test_id("model-calibration")).to_contain_text("temperature")
+    expect(browser_page.get_by_test_id("model-unknown")).to_contain_text("of the validation images")
+    noise = write_noise_png(tmp_path)
+    browser_page.get_by_test_id("predict-file").set_input_files(str(noise))
+    label = browser_page.get_by_test_id("predict-label")
+    expect(label).to_have_text("unknown")
+    expected = api.post(f"/v1/models/{seeded_model}/predict",
+                        files={"images": ("noise.png", noise.read_bytes(), "image/png")}).json()["predictions"][0]
+    assert expected["unknown"] is True
+    note = browser_page.get_by_test_id("predict-unknown")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text(f"Best guess: {expected['best']}")
+    rows = browser_page.get_by_test_id("predict-scores").locator("li")
+    expect(rows).to_have_count(len(LABELS))  # the scores are still shown
+    assert rows.nth(0).get_attribute("data-label") == expected["best"]
+    shot(browser_page, tmp_path / "unknown.png")
+
+    image = min((Path(__file__).parents[3] / "examples" / "fashion-tiny" / "halter").glob("*.jpg"))
+    browser_page.get_by_test_id("predict-file").set_input_files(str(image))
+    expect(label).to_have_text("halter")
+    expect(note).to_be_hidden()
+    assert log.console_errors == []

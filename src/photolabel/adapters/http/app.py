@@ -57,7 +57,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         cache_dir = resolve_cache_dir(settings.photolabel_cache_dir)
         registry = Registry(data_dir / DB_NAME)
         runner = JobRunner(registry, data_dir=data_dir, cache_dir=cache_dir, fetch_options=settings.fetch_options(),
-                           workers=settings.train_workers, threads=settings.train_threads)
+                           workers=settings.train_workers, threads=settings.train_threads,
+                           tensorboard=settings.tensorboard_logs_enabled)
 
         def load(_model_id: str, path: str) -> Model:
             return Model.load(path, threads=settings.threads, cache_dir=cache_dir,

@@ -33,7 +33,8 @@ class JobContext:
     """What a job handler gets: its job, where the service keeps files, and how to report progress.
 
     ``progress(stage, fraction)`` writes into the job row (throttled); ``fetch_options``
-    are the service's limits on URL downloads; ``threads`` is what the backbone may use.
+    are the service's limits on URL downloads; ``threads`` is what the backbone may use;
+    ``tensorboard``: write TensorBoard curves under :func:`tensorboard_dir_for` (TENSORBOARD_LOGS_ENABLED).
     """
 
     registry: Registry
@@ -43,6 +44,7 @@ class JobContext:
     fetch_options: FetchOptions
     threads: int
     progress: ProgressCallback
+    tensorboard: bool = False
 
 
 JobHandler = Callable[[JobContext], ModelRecord | None]
@@ -113,13 +115,18 @@ class TrainSpec:
         if "config" not in values:
             flat = {key: spec[key] for key in ("backbone", "head", "seed", "valid_fraction", "classes")
                     if spec.get(key) is not None}
-            values["config"] = TrainConfig.from_dict(flat).to_dict()
+            values["config"] = TrainConfig(**flat).to_dict()  # a new training: today's defaults for the rest
         return cls(**values)
 
 
 def model_dir_for(data_dir: str | Path, job_id: str) -> Path:
     """Where the model of job ``job_id`` is written: ``DATA_DIR/models/<job_id>``."""
     return Path(data_dir) / "models" / job_id
+
+
+def tensorboard_dir_for(data_dir: str | Path, job_id: str) -> Path:
+    """Where job ``job_id`` writes TensorBoard curves: ``DATA_DIR/tensorboard/<job_id>``."""
+    return Path(data_dir) / "tensorboard" / job_id
 
 
 def train_job(context: JobContext) -> ModelRecord:
@@ -132,7 +139,8 @@ def train_job(context: JobContext) -> ModelRecord:
     spec = TrainSpec.from_dict(context.job.spec)
     context.progress("loading", 0.0)
     config = spec.train_config()
-    runtime = Runtime(threads=context.threads, cache_dir=context.cache_dir, fetch=context.fetch_options)
+    runtime = Runtime(threads=context.threads, cache_dir=context.cache_dir, fetch=context.fetch_options,
+                      tensorboard_dir=tensorboard_dir_for(context.data_dir, job_id) if context.tensorboard else None)
     dataset = load_dataset(spec.data, classes=config.classes, skip_bad=spec.skip_bad,
                            fetch_options=context.fetch_options, urls_only=spec.urls_only)
     try:
@@ -141,7 +149,7 @@ def train_job(context: JobContext) -> ModelRecord:
     finally:
         dataset.close()
     return ModelRecord(model_id=result.model_id, job_id=job_id, path=str(result.path),
-                       labels=list(result.model.labels), backbone=config.backbone, head=config.head,
+                       labels=list(result.model.labels), backbone=config.backbone, head=result.model.card.head.name,
                        uri=spec.model_uri, created_at=utc_now())
 
 

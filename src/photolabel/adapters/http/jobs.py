@@ -61,7 +61,8 @@ class JobRunner:
     """Runs queued jobs of ``registry`` in child processes, ``workers`` at a time.
 
     ``threads`` is the number of threads each child gives the backbone. Jobs that were
-    interrupted ``max_attempts`` times become errors instead of being run again.
+    interrupted ``max_attempts`` times become errors instead of being run again. With
+    ``tensorboard``, each job writes TensorBoard curves under ``DATA_DIR/tensorboard/<job_id>``.
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class JobRunner:
         workers: int = 1,
         threads: int = 1,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        tensorboard: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -85,6 +87,7 @@ class JobRunner:
         self.fetch_options = fetch_options
         self.workers = workers
         self.threads = threads
+        self.tensorboard = tensorboard
         self.max_attempts = max_attempts
         self._children: dict[str, _Child] = {}
         self._lock = threading.Lock()
@@ -202,6 +205,8 @@ class JobRunner:
         ]
         if self.cache_dir is not None:
             command += ["--cache-dir", str(self.cache_dir)]
+        if self.tensorboard:
+            command.append("--tensorboard")
         return command
 
     def _reap(self) -> int:
@@ -277,6 +282,7 @@ def run_job(
     cache_dir: str | Path | None,
     fetch_options: FetchOptions,
     threads: int = 1,
+    tensorboard: bool = False,
 ) -> Job:
     """Run job ``job_id`` here and now with the handler of its kind; record progress and the result in its row.
 
@@ -291,7 +297,8 @@ def run_job(
         raise KeyError(job_id)
     context = JobContext(registry=registry, job=job, data_dir=Path(data_dir),
                          cache_dir=Path(cache_dir) if cache_dir is not None else None,
-                         fetch_options=fetch_options, threads=threads, progress=_ProgressWriter(registry, job_id))
+                         fetch_options=fetch_options, threads=threads, progress=_ProgressWriter(registry, job_id),
+                         tensorboard=tensorboard)
     try:
         handler = get_job_kind(job.kind)
         record = handler(context)
@@ -335,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard curves (DATA_DIR/tensorboard)")
     parser.add_argument("--fetch-options", default="{}", help="FetchOptions as a JSON object")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit at once if this is not our parent")
     args = parser.parse_args(argv)
@@ -342,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = Registry(args.db_path)
     try:
         run_job(registry, args.job_id, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                fetch_options=FetchOptions(**json.loads(args.fetch_options)), threads=args.threads)
+                fetch_options=FetchOptions(**json.loads(args.fetch_options)), threads=args.threads,
+                tensorboard=args.tensorboard)
     except KeyError:
         print(f"photolabel: no job {args.job_id} in {args.db_path}", file=sys.stderr)
         return 2

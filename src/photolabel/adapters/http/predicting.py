@@ -15,10 +15,12 @@ from photolabel.model import Prediction
 
 
 def prediction_entry(result: Prediction | BadInput) -> dict[str, Any]:
-    """One entry of a ``predictions`` list: the label and scores, or the image's error."""
+    """One entry of a ``predictions`` list: the label ("unknown" when the model answers unknown), the best
+    label, the unknown flag and the scores, or the image's error."""
     if isinstance(result, BadInput):
         return {"image": result.source, "error": {"code": result.code, "message": result.message}}
-    return {"image": result.image, "sha256": result.sha256, "label": result.label, "scores": result.scores}
+    return {"image": result.image, "sha256": result.sha256, "label": result.label, "best": result.best,
+            "unknown": result.unknown, "scores": result.scores}
 
 
 def raise_for_bad_input(bad: BadInput) -> NoReturn:

@@ -167,14 +167,21 @@ class ModelDetails(BaseModel):
     metrics: dict[str, Any] = Field(description="training and validation: accuracy, per-class precision/recall/F1, "
                                                 "confusion_matrix (rows true, columns predicted).")
     lineage: dict[str, Any] = Field(description="manifest hash, split rule, counts; `n_images` instead of the list.")
+    calibration: dict[str, Any] | None = Field(None, description="The temperature fitted on the validation images; "
+                                                                 "null for a model trained without calibration.")
+    unknown: dict[str, Any] | None = Field(None, description="When the model answers unknown: its thresholds and "
+                                                             "the rule; null for a model trained without it.")
     photolabel_version: str | None = None
 
 
 class ImagePrediction(BaseModel):
     image: str
     sha256: str
-    label: str
-    scores: dict[str, float]
+    label: str = Field(description='The answer: the most probable label, or "unknown" when the image is unlike the '
+                                   "model's training images or the model is not confident enough.")
+    best: str = Field(description="The most probable label, even when `label` is \"unknown\".")
+    unknown: bool = Field(description="True when the model answers unknown (models trained with `unknown` on).")
+    scores: dict[str, float] = Field(description="Every label's (calibrated) probability; given when unknown too.")
 
 
 class ImageFailure(BaseModel):

@@ -8,9 +8,11 @@ service with a message that names the variable instead of failing on a request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from photolabel.fetch import FetchOptions
@@ -29,14 +31,20 @@ class ServiceSettings(BaseSettings):
     http_timeout: float = Field(120.0, gt=0, description="Seconds before a URL download gives up.")
     data_limit: int = Field(
         0, ge=0,
-        description="Seed 002's 'max images per label'. Accepted for compatibility but not used yet: "
-                    "every listed image is trained on.",
+        description="Most training images per label, as in the static-transfer-learning service: 0 (the "
+                    "default) trains on as many images of each label as the smallest label has; N on at most N. "
+                    "Validation images are never dropped. Used by /train and by /v1/train when the request "
+                    "gives no max_per_label.",
     )
-    batch_size: int = Field(32, ge=1, le=4096, description="Images per backbone batch when embedding.")
+    batch_size: int = Field(
+        32, ge=1, le=4096,
+        description="Images per backbone batch when embedding; also the training images per gradient step of "
+                    "a head trained in epochs (mlp) when a request sets no `batch_size` head parameter.",
+    )
     epochs: int = Field(
-        30, ge=0,
-        description="Accepted for seed 002 compatibility and ignored: photolabel's heads are fitted to "
-                    "convergence on embeddings by deterministic solvers, not trained in epochs.",
+        30, ge=1, le=100_000,
+        description="Passes over the training images of a head trained in epochs (mlp) when a request sets no "
+                    "`epochs` head parameter. The other heads are fitted to convergence and do not use it.",
     )
     train_percentage: float = Field(
         0.9, gt=0.0, le=1.0,
@@ -79,6 +87,37 @@ class ServiceSettings(BaseSettings):
     storage_root: Path | None = Field(
         None, description="Root of the buckets predict-object reads (default DATA_DIR/storage)."
     )
+    tensorboard_logs_enabled: bool = Field(
+        False,
+        description="Write each training job's TensorBoard curves (heads trained in epochs, such as mlp: loss "
+                    "and accuracy per epoch) under DATA_DIR/tensorboard/<job_id>; needs "
+                    "pip install 'photolabel[tensorboard]'. Models are the same with or without.",
+    )
+
+    @field_validator("tensorboard_logs_enabled")
+    @classmethod
+    def _tensorboard_installed(cls, enabled: bool) -> bool:
+        if enabled:
+            from photolabel.tensorboard import require_tensorboard
+
+            try:
+                require_tensorboard()
+            except ImportError as exc:
+                raise ValueError(str(exc)) from None
+        return enabled
+
+    def epoch_params(self, head: str, params: Any) -> Any:
+        """A request's head parameters with ``epochs`` (EPOCHS) and ``batch_size`` (BATCH_SIZE) filled in, when
+        ``head`` is trained in epochs (mlp) and the request leaves them out; other heads' parameters unchanged."""
+        from photolabel.heads import get_head_class, list_heads
+
+        if not isinstance(params, Mapping) or head not in list_heads():
+            return params  # TrainConfig names the problem
+        names = get_head_class(head).param_names()
+        if "epochs" not in names:
+            return params
+        defaults = {"epochs": self.epochs, "batch_size": self.batch_size}
+        return {**{name: value for name, value in defaults.items() if name in names}, **params}
 
     @property
     def valid_fraction(self) -> float:

@@ -44,6 +44,7 @@ def get_model(key: ModelKey, service: ServiceDep) -> dict[str, Any]:
         "labels": list(card.labels), "backbone": card.backbone.to_dict(), "head": card.head.to_dict(),
         "config": card.config.to_dict(), "manifest_sha256": card.manifest_sha256, "metrics": doc["metrics"],
         "lineage": doc["lineage"], "photolabel_version": card.photolabel_version,
+        "calibration": card.calibration, "unknown": card.unknown,
     }
 
 

@@ -18,7 +18,7 @@ from photolabel.adapters.http.job_kinds import TRAIN_KIND, TrainSpec
 from photolabel.adapters.http.predicting import predict_one
 from photolabel.adapters.http.schemas import InferRequest, TrainRequest, TrainStatus, error_responses
 from photolabel.adapters.http.store import Job
-from photolabel.config import TrainConfig
+from photolabel.config import TRAIN_DEFAULTS, TrainConfig
 from photolabel.embedding import ImageInput
 from photolabel.fsutil import atomic_write_bytes
 from photolabel.hashing import canonical_json, sha1_bytes
@@ -51,7 +51,10 @@ async def train_from_csv(body: TrainRequest, service: ServiceDep) -> dict[str, A
     its sha1 must match `csv.sha1`, and its rows may only be http(s) URLs."""
     settings = service.settings
     seed = body.metadata.random_seed if body.metadata.random_seed is not None else settings.random_seed
-    config = TrainConfig(seed=seed, valid_fraction=settings.valid_fraction)  # the seed API trains the defaults
+    # the seed API trains the default head, with EPOCHS and BATCH_SIZE if that head is trained in epochs
+    config = TrainConfig(seed=seed, valid_fraction=settings.valid_fraction,
+                         head_params=settings.epoch_params(TRAIN_DEFAULTS.head, {}),
+                         max_per_label=settings.data_limit)
     csv_sha1 = body.csv.sha1.lower()
     model_sha1 = seed_model_sha1(csv_sha1, config)
     job = await run_in_threadpool(service.registry.get_job, model_sha1)
@@ -83,7 +86,8 @@ async def train_from_csv(body: TrainRequest, service: ServiceDep) -> dict[str, A
              summary="Label one image by URL (seed 002)")
 async def infer(body: InferRequest, service: ServiceDep) -> dict[str, float]:
     """Every label's probability for the image at `image.url`, e.g.
-    `{"blouse": 0.02, "halter": 0.01, "sweater": 0.97}`."""
+    `{"blouse": 0.02, "halter": 0.01, "sweater": 0.97}` (calibrated when the model is). The seed's
+    shape has no room for the answer "unknown": `POST /v1/models/{key}/predict` gives it."""
     record = await run_in_threadpool(resolve_model, service, body.model.sha1)
     data = await run_in_threadpool(service.fetch, body.image.url)
     result = await predict_one(service, record, ImageInput(source=body.image.url, data=data))

@@ -72,7 +72,12 @@ def _upload_suffix(filename: str) -> str:
 
 
 def _train_config(service: Service, *, seed: int | None, backbone: str, head: str, head_params: str | None,
-                  valid_fraction: float | None, classes: str | None) -> TrainConfig:
+                  valid_fraction: float | None, classes: str | None, augment: int = TRAIN_DEFAULTS.augment,
+                  finetune: bool = TRAIN_DEFAULTS.finetune,
+                  calibrate: bool = TRAIN_DEFAULTS.calibrate, unknown: bool = TRAIN_DEFAULTS.unknown,
+                  max_per_label: str | None = None, balance: bool = TRAIN_DEFAULTS.balance,
+                  tune: bool = TRAIN_DEFAULTS.tune, preset: str | None = TRAIN_DEFAULTS.preset,
+                  ) -> TrainConfig:
     """The request's TrainConfig, settings filling what it leaves out. Checked by the core: a bad value is a
     ConfigError (422 with the field named)."""
     try:
@@ -87,11 +92,28 @@ def _train_config(service: Service, *, seed: int | None, backbone: str, head: st
             raise InvalidRequestError(f"head_params: not a JSON object ({exc})", code="invalid_config") from None
     settings = service.settings
     return TrainConfig(
-        backbone=backbone, head=head, head_params=params,
+        backbone=backbone, head=head, head_params=settings.epoch_params(head, params),
         seed=settings.random_seed if seed is None else seed,
         valid_fraction=settings.valid_fraction if valid_fraction is None else valid_fraction,
-        classes=names,
+        classes=names, augment=augment, finetune=finetune, calibrate=calibrate, unknown=unknown,
+        max_per_label=_max_per_label(max_per_label, settings.data_limit), balance=balance, tune=tune,
+        preset=preset or None,
     )
+
+
+def _max_per_label(value: str | None, data_limit: int) -> int | None:
+    """The ``max_per_label`` form field: a whole number, ``min`` (0) or ``all`` (None); DATA_LIMIT when absent."""
+    text = (value or "").strip().lower()
+    if not text:
+        return data_limit
+    if text == "all":
+        return None
+    if text == "min":
+        return 0
+    if not text.isdigit():
+        raise InvalidRequestError(f"max_per_label: expected a whole number, 'min' or 'all', got {value!r}",
+                                  code="invalid_config")
+    return int(text)
 
 
 @router.post("/train", status_code=202, response_model=JobCreated, response_model_exclude_none=True,
@@ -111,14 +133,37 @@ async def train_upload(
                                                         'defaults and ranges.')] = None,
     valid_fraction: Annotated[float | None, Form(description="In [0, 1); default 1 - TRAIN_PERCENTAGE.")] = None,
     classes: Annotated[str | None, Form(description="Labels in this order, space or comma separated.")] = None,
+    augment: Annotated[int, Form(description="K augmented views of each training image (flip, crop, small "
+                                             "rotation, colour jitter), 0 to 16.")] = TRAIN_DEFAULTS.augment,
+    finetune: Annotated[bool, Form(description="Also train the backbone's last block and 1x1 conv head on the "
+                                               "training images (EfficientNet-Lite backbones only; minutes on a "
+                                               "CPU).")
+                        ] = TRAIN_DEFAULTS.finetune,
     skip_bad: Annotated[bool, Form(description="Skip unreadable images instead of failing.")] = False,
+    calibrate: Annotated[bool, Form(description="Fit a temperature on the validation images so that the "
+                                                "probabilities say how often the model is right.")
+                         ] = TRAIN_DEFAULTS.calibrate,
+    unknown: Annotated[bool, Form(description='Let the model answer "unknown" for images unlike its training '
+                                              "images or when it is not confident enough.")
+                       ] = TRAIN_DEFAULTS.unknown,
+    max_per_label: Annotated[str | None, Form(description="Most training images per label: a whole number, "
+                                                          "'min' (as many as the smallest label has) or 'all'; "
+                                                          "default DATA_LIMIT (0: 'min').")] = None,
+    balance: Annotated[bool, Form(description="Weight each label inversely to its number of training images.")
+                       ] = TRAIN_DEFAULTS.balance,
+    tune: Annotated[bool, Form(description="Choose the head's parameters by 5-fold cross-validation on the "
+                                           "training images.")] = TRAIN_DEFAULTS.tune,
+    preset: Annotated[str | None, Form(description="'best': choose the head too, searching every head's grid "
+                                                   "as tune does.")] = TRAIN_DEFAULTS.preset,
 ) -> dict[str, Any]:
     """Queue a training job (202), or find the job already made from the same bytes and parameters (200).
     Follow it with `GET /v1/jobs/{job_id}`."""
     settings = service.settings
     suffix = _upload_suffix(data.filename or "")
     config = _train_config(service, seed=seed, backbone=backbone, head=head, head_params=head_params,
-                           valid_fraction=valid_fraction, classes=classes)
+                           valid_fraction=valid_fraction, classes=classes, augment=augment, finetune=finetune,
+                           calibrate=calibrate, unknown=unknown, max_per_label=max_per_label, balance=balance,
+                           tune=tune, preset=preset)
     path, sha256, size = await run_in_threadpool(_save_upload, data.file, service.uploads, suffix,
                                                  settings.max_train_upload_bytes)
     if size == 0:

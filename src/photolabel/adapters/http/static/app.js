@@ -154,7 +154,27 @@ async function showModel(key) {
   $("model-head").textContent = nameOf(m.head ?? (m.config && m.config.head));
   const acc = accuracyOf(m);
   $("model-accuracy").textContent = acc === null ? "no validation split" : pct(acc);
+  $("model-calibration").textContent = calibrationText(m);
+  $("model-unknown").textContent = unknownText(m);
   renderValidation((m.metrics && m.metrics.validation) || m.validation || null, labelsOf(m));
+}
+
+function calibrationText(m) {
+  const c = m.calibration;
+  if (!c) return "off";
+  const fitted = (m.metrics && m.metrics.calibration) || {};
+  if (typeof fitted.log_loss_before !== "number") return "none fitted (no validation images)";
+  return `temperature ${c.temperature}: validation log-loss ${fitted.log_loss_before.toFixed(3)} → ` +
+    `${fitted.log_loss_after.toFixed(3)}`;
+}
+
+function unknownText(m) {
+  const u = m.unknown;
+  if (!u) return "off";
+  const v = m.metrics && m.metrics.validation && m.metrics.validation.unknown;
+  const sure = u.confidence_threshold > 0 ? `, or the model is under ${pct(u.confidence_threshold)} sure` : "";
+  const rate = v && typeof v.rate === "number" ? `; answered for ${pct(v.rate)} of the validation images` : "";
+  return `on: "unknown" when an image is unlike every label's training images${sure}${rate}`;
 }
 
 function cell(tag, text, attrs = {}) {
@@ -267,7 +287,18 @@ async function predict(file) {
 
 function renderPrediction(p, name) {
   $("predict-status").textContent = name;
-  $("predict-label").textContent = p.label;
+  // "unknown": the image is unlike the model's training images, or the model is not confident enough.
+  // The label then reads "unknown"; the scores are still shown, with the best guess named.
+  const unknown = p.unknown === true;
+  const labelBox = $("predict-label");
+  labelBox.textContent = unknown ? "unknown" : p.label;
+  labelBox.classList.toggle("unknown", unknown);
+  const note = $("predict-unknown");
+  note.hidden = !unknown;
+  note.textContent = unknown
+    ? `This image is unlike the images the model was trained on, or the model is not confident enough. ` +
+      `Best guess: ${p.best} (${pct((p.scores || {})[p.best] || 0)}).`
+    : "";
   $("predict-sha256").textContent = p.sha256 || "";
   const list = $("predict-scores");
   list.replaceChildren();
