@@ -35,7 +35,7 @@ FIRST_WAVE = {"backbone": "efficientnet-lite0", "tune": False, "calibrate": Fals
 
 #: name -> photolabel.train keyword arguments
 SETTINGS: dict[str, dict[str, Any]] = {
-    "first release default (Lite0, logistic C=1)": dict(FIRST_WAVE),
+    "first release default (Lite0 logistic C=1)": dict(FIRST_WAVE),
     "first release --head svm": {**FIRST_WAVE, "head": "svm"},
     "first release --head lda": {**FIRST_WAVE, "head": "lda"},
     "first release --head rf": {**FIRST_WAVE, "head": "rf"},
@@ -99,9 +99,10 @@ def main() -> None:
     print(f"Cross-validated ({args.folds} folds) on the report halves; seed 7; mean training time per fold.\n")
     print("| data | setting | accuracy | log-loss | ECE | unknown | train s |")
     print("|---|---|---|---|---|---|---|")
-    for data_name in args.datasets.split(","):
-        _, report = datasets.halves(datasets.DATASETS[data_name]())
-        for name in names:
+    reports = {data_name: datasets.halves(datasets.DATASETS[data_name]())[1]
+               for data_name in args.datasets.split(",")}
+    for name in names:
+        for data_name, report in reports.items():
             try:
                 row = run(name, report, SETTINGS[name], args.folds, args.cache_dir)
             except photolabel.PhotolabelError as exc:

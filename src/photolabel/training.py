@@ -367,6 +367,8 @@ def train(
             **tuning_metrics,
             **({"finetune": tuned.metrics()} if tuned is not None else {}),
         }
+        if runtime.tensorboard_dir is not None:
+            _log_search_and_finetune(runtime.tensorboard_dir, metrics)
 
         described = extractor.describe()
         card = ModelCard(
@@ -442,6 +444,27 @@ def _row_images(train_rows: Sequence[ImageRecord], n_rows: int) -> tuple[list[st
     per_image = n_rows // max(len(train_rows), 1)
     keys = [r.sha256 for r in train_rows for _ in range(per_image)]
     return keys, np.arange(n_rows) % per_image == 0
+
+
+def _log_search_and_finetune(logdir: str | Path, metrics: dict[str, Any]) -> None:
+    """TensorBoard events for what is not a head's own curve: the fine-tuned block's loss and accuracy
+    per epoch, and the search table (one text summary). Never changes the model."""
+    from photolabel.tensorboard import EventWriter, markdown_table
+
+    finetune, search = metrics.get("finetune"), metrics.get("tuning")
+    if finetune is None and search is None:
+        return
+    with EventWriter(logdir) as writer:
+        for point in (finetune or {}).get("curves", []):
+            for name, tag in (("train_loss", "finetune/loss/train"), ("holdout_loss", "finetune/loss/early_stopping"),
+                              ("holdout_accuracy", "finetune/accuracy/early_stopping")):
+                if name in point:
+                    writer.scalar(tag, point[name], point["epoch"])
+        if search is not None:
+            rows = [(row["head"], ", ".join(f"{k}={v}" for k, v in row["params"].items()),
+                     row.get("mean_log_loss", row.get("skipped", "")), row.get("mean_accuracy", ""))
+                    for row in search["candidates"]]
+            writer.text("search", markdown_table(("head", "params", "mean log-loss", "mean accuracy"), rows))
 
 
 def _describe_data(data: str | Path | Dataset) -> str | None:

@@ -75,3 +75,15 @@ def test_a_head_that_is_not_trained_in_epochs_writes_no_curves(small_data: Path,
     photolabel.train(small_data, tmp_path / "model", runtime=Runtime(cache_dir=cache_dir,
                                                                      tensorboard_dir=tmp_path / "board"))
     assert read_events(tmp_path / "board").Tags()["scalars"] == []
+
+
+def test_tuning_writes_its_search_table_and_the_same_model(small_data: Path, cache_dir: Path, tmp_path: Path) -> None:
+    logged = photolabel.train(small_data, tmp_path / "logged", tune=True,
+                              runtime=Runtime(cache_dir=cache_dir, tensorboard_dir=tmp_path / "board"))
+    plain = photolabel.train(small_data, tmp_path / "plain", tune=True, cache_dir=cache_dir)
+    assert logged.model_id == plain.model_id
+    assert (tmp_path / "logged" / "metrics.json").read_bytes() == (tmp_path / "plain" / "metrics.json").read_bytes()
+    (text,) = read_events(tmp_path / "board").Tensors("search/text_summary")
+    table = text.tensor_proto.string_val[0].decode()
+    assert table.startswith("| head | params | mean log-loss | mean accuracy |")
+    assert table.count("\n| logistic |") == len(logged.metrics["tuning"]["candidates"])
