@@ -441,7 +441,11 @@ class SklearnOnnxHead(Head):
         with _single_thread(), warnings.catch_warnings():
             # SVC(probability=True) warns of its deprecation in scikit-learn 1.9; pinned < 1.11.
             warnings.simplefilter("ignore", FutureWarning)
-            pipeline.fit(X, y, **fit_params)
+            try:
+                pipeline.fit(X, y, **fit_params)
+            except ValueError as exc:  # e.g. lda with fewer training images than labels
+                raise DataError(f"head {self.name} cannot be fitted on these {len(X)} training images: "
+                                f"{' '.join(str(exc).split())}") from None
         return pipeline
 
     @property
@@ -595,21 +599,19 @@ class KnnHead(SklearnOnnxHead):
     name = "knn"
     summary = "k nearest neighbours"
     constraints: ClassVar[dict[str, Param]] = {
-        "n_neighbors": Param(int, "neighbours that vote", low=1, high=10_000),
-        "weights": Param(str, "how neighbours vote", choices=("uniform", "distance")),
+        "n_neighbors": Param(int, "neighbours that vote (each one vote: the stored ONNX graph cannot weight "
+                                  "votes by distance)", low=1, high=10_000),
     }
-    # not weights: the stored ONNX graph (skl2onnx) answers weights="distance" as "uniform" votes
     tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"n_neighbors": (3, 5, 9, 15, 25)}
 
-    def __init__(self, *, seed: int = 1234, n_neighbors: int = 5, weights: str = "uniform") -> None:
+    def __init__(self, *, seed: int = 1234, n_neighbors: int = 5) -> None:
         super().__init__(seed=seed)
         self.n_neighbors = n_neighbors
-        self.weights = weights
 
     def make_estimator(self) -> Any:
         from sklearn.neighbors import KNeighborsClassifier
 
-        return KNeighborsClassifier(n_neighbors=self.n_neighbors, weights=self.weights, algorithm="brute")
+        return KNeighborsClassifier(n_neighbors=self.n_neighbors, algorithm="brute")
 
     def _fit_pipeline(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> Any:
         if self.n_neighbors > len(X):

@@ -646,11 +646,10 @@ def test_every_bad_setting_is_one_error_line_with_exit_2(tmp_path: Path, small_d
 
 
 def test_head_params_are_trained_and_recorded(tmp_path: Path, small_data: Path, trained_model: Path) -> None:
-    summary = train_json(small_data, "-o", tmp_path / "m", "--head", "knn", "--head-param", "n_neighbors=3",
-                         "--head-param", "weights=distance")
-    assert summary["head_params"] == {"n_neighbors": 3, "weights": "distance"}
+    summary = train_json(small_data, "-o", tmp_path / "m", "--head", "knn", "--head-param", "n_neighbors=3")
+    assert summary["head_params"] == {"n_neighbors": 3}
     card = model_json(tmp_path / "m")
-    assert card["head"]["params"] == {"n_neighbors": 3, "weights": "distance"} and card["head"]["version"] == 1
+    assert card["head"]["params"] == {"n_neighbors": 3} and card["head"]["version"] == 1
     assert card["config"]["head_params"] == card["head"]["params"]
     default = train_json(small_data, "-o", tmp_path / "d", "--head", "knn")
     assert default["model_id"] != summary["model_id"]

@@ -65,7 +65,7 @@ def test_replace_checks_again_and_a_new_head_starts_from_its_defaults():
     config = TrainConfig(head_params={"C": 0.1})
     with pytest.raises(ConfigError):
         config.replace(seed=-5)
-    assert config.replace(head="knn").head_params == {"n_neighbors": 5, "weights": "uniform"}
+    assert config.replace(head="knn").head_params == {"n_neighbors": 5}
     assert config.replace(seed=9).head_params["C"] == 0.1
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 3  # type: ignore[misc]

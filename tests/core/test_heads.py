@@ -243,3 +243,11 @@ def test_mlp_parameters_are_checked():
                                   ("epochs", 2.5, "epochs=2.5"), ("patience", 0, "patience=0")]:
         with pytest.raises(ConfigError, match=expected):
             make_head("mlp", seed=1, params={name: value})
+
+
+def test_a_head_that_cannot_fit_these_rows_is_a_data_error_not_a_crash(blobs):
+    from photolabel.errors import DataError
+
+    X, y = blobs
+    with pytest.raises(DataError, match="head lda cannot be fitted on these 3 training images"):
+        make_head("lda", seed=1).fit(X[[0, 30, 60]], y[[0, 30, 60]], 3)
