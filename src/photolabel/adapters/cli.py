@@ -601,8 +601,10 @@ def heads(as_json: bool) -> None:
 
 @main.command()
 @click.option("-d", "--dataset", required=True,
-              help="Folder or archive to start from, or a bare NAME for NAME.tar.gz here (seed 000).")
-@click.option("-c", "--classes", cls=GreedyOption, multiple=True, help="Labels, in order (seed 000's -c).")
+              help="Folder or archive to start from, or a bare NAME for NAME.tar.gz here "
+                   "(as the Golem image classifier service takes it).")
+@click.option("-c", "--classes", cls=GreedyOption, multiple=True,
+              help="Labels, in order (the Golem image classifier service's -c).")
 @click.option("--json", "as_json", is_flag=True, help="Answer with one JSON object per line.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("photolabel-worker"),
               show_default=True, help="Where the worker keeps its models (content-addressed).")
@@ -623,7 +625,8 @@ def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, 
            head: str, head_param: Sequence[str], augment: int, threads: int | None, cache_dir: Path | None,
            calibration: str, unknown: str, max_per_label: str | None, balance: bool, tune: bool,
            preset: str | None) -> None:
-    """A long-lived classifier on stdin/stdout (seed 000): predict IMAGE | train TRAIN VALID | info | help | quit.
+    """A long-lived classifier on stdin/stdout, as the Golem image classifier service runs:
+    predict IMAGE | train TRAIN VALID | info | help | quit.
 
     Settings are checked when the worker starts: a bad one is its first answer (ok: false with --json)."""
     from photolabel.adapters.worker import WorkerSettings, run_worker
@@ -643,7 +646,7 @@ def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, 
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Job database, uploads and models [default: DATA_DIR, else ./data].")
 def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
-    """Run the HTTP service: seed 002's /train and /infer, the /v1 API, the web page at /,
+    """Run the HTTP service: the static-transfer-learning service's /train and /infer, the /v1 API, the web page at /,
     Swagger at /api/doc. Configured by environment variables (DATA_DIR, API_PORT, ...);
     these flags override them."""
     from pydantic import ValidationError

@@ -81,7 +81,8 @@ def _register_builtins() -> None:
         return ClassicBackbone()
 
     register_backbone(
-        "classic", "seed 001's handcrafted features: Hu moments, Haralick texture, HSV histogram"
+        "classic",
+        "handcrafted features as in the scikit-learn Golem classifier: Hu moments, Haralick texture, HSV histogram",
     )(classic_factory)
 
 

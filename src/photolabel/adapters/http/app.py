@@ -38,7 +38,8 @@ DB_NAME = "photolabel.sqlite3"
 _DESCRIPTION = """
 Label images with reproducible classifiers trained on your own labelled images.
 
-* **Seed 002**: `POST /train` with a CSV of image URLs, repeat it until `ready`, then `POST /infer`.
+* **static-transfer-learning compatible**: `POST /train` with a CSV of image URLs, repeat it until
+  `ready`, then `POST /infer`.
 * **Native API** under `/v1`: upload an archive or CSV to `/v1/train`, follow `/v1/jobs/{job_id}`,
   list and inspect `/v1/models`, predict with `/v1/models/{key}/predict`.
 

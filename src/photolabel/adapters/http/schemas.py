@@ -75,7 +75,7 @@ class ModelUri(BaseModel):
 
 
 class TrainRequest(BaseModel):
-    """Seed 002's training request."""
+    """The static-transfer-learning service's training request."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_SEED_TRAIN_EXAMPLE]})
 
@@ -85,7 +85,7 @@ class TrainRequest(BaseModel):
 
 
 class TrainStatus(BaseModel):
-    """Seed 002's answer: the model's id, and where its training stands."""
+    """The static-transfer-learning service's answer: the model's id, and where its training stands."""
 
     model_config = ConfigDict(json_schema_extra={
         "examples": [{"model_sha1": "9474ef2130cf215dd9892decba8e0d973fc2f003", "status": "new"}]})
@@ -106,7 +106,7 @@ class InferImageRef(BaseModel):
 
 
 class InferRequest(BaseModel):
-    """Seed 002's inference request."""
+    """The static-transfer-learning service's inference request."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_SEED_INFER_EXAMPLE]})
 
@@ -116,7 +116,7 @@ class InferRequest(BaseModel):
 
 class JobCreated(BaseModel):
     job_id: str
-    model_sha1: str = Field(description="The same as job_id (seed 002's name for it).")
+    model_sha1: str = Field(description="The same as job_id (the static-transfer-learning service's name for it).")
     status: Literal["queued", "in_progress", "ready", "error"]
     model_id: str | None = None
 
@@ -202,7 +202,7 @@ _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,221}$")
 
 
 class ObjectRef(BaseModel):
-    """Seed 004's cloud-function body ``{bucket, filename}``, or ``{uri}`` for an fsspec URL."""
+    """A cloud function's body ``{bucket, filename}``, or ``{uri}`` for a storage URI."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"bucket": "cmpsc445-uploads", "filename": "3001-BBA14BB7-DA8A-4BCD-BF88-0F4CEA5C1ADC.jpeg"},

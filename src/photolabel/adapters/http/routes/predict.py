@@ -112,7 +112,7 @@ async def _read_predict_body(request: Request, service: Service) -> list[ImageIn
 
 @router.post("/models/{key}/predict-object", response_model=PredictResponse,
              responses=error_responses(404, 409, 413, 415, 422, 503),
-             summary="Label an image in storage: seed 004's {bucket, filename}, or an fsspec {uri}")
+             summary="Label an image in storage: a cloud function's {bucket, filename}, or a storage {uri}")
 async def predict_object(key: ModelKey, body: ObjectRef, service: ServiceDep) -> dict[str, Any]:
     """`bucket` is a folder under STORAGE_ROOT and `filename` a relative path inside it. `uri`
     may be an http(s) URL or a storage URI: s3://, gs://, az://, memory:// (the cloud ones need

@@ -25,7 +25,7 @@ from photolabel.hashing import canonical_json, sha1_bytes
 
 logger = logging.getLogger("photolabel.http")
 
-router = APIRouter(tags=["seed 002"])
+router = APIRouter(tags=["static-transfer-learning"])
 
 
 def seed_model_sha1(csv_sha1: str, config: TrainConfig) -> str:
@@ -44,7 +44,7 @@ def _seed_status(job: Job) -> dict[str, Any]:
 
 @router.post("/train", response_model=TrainStatus, response_model_exclude_none=True,
              responses=error_responses(400, 413, 422),
-             summary="Train a model on a CSV of image URLs (seed 002)")
+             summary="Train a model on a CSV of image URLs (static-transfer-learning)")
 async def train_from_csv(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
     """Start training, or report on it. Repeat the same request to follow it:
     `new` → `in_progress` → `ready` (or `error`). The CSV is fetched only the first time;
@@ -83,7 +83,7 @@ async def train_from_csv(body: TrainRequest, service: ServiceDep) -> dict[str, A
 
 
 @router.post("/infer", response_model=dict[str, float], responses=error_responses(404, 409, 413, 415, 422, 503),
-             summary="Label one image by URL (seed 002)")
+             summary="Label one image by URL (static-transfer-learning)")
 async def infer(body: InferRequest, service: ServiceDep) -> dict[str, float]:
     """Every label's probability for the image at `image.url`, e.g.
     `{"blouse": 0.02, "halter": 0.01, "sweater": 0.97}` (calibrated when the model is). The seed's
