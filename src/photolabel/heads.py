@@ -1,7 +1,7 @@
 """The head registry: classifiers fitted on embeddings, stored without pickle.
 
 ``logistic`` (the default) is a multinomial logistic regression whose learned
-state is two arrays written as ``.npy``. The scikit-learn family of seed 001
+state is two arrays written as ``.npy``. The scikit-learn family of the Golem image classifier
 (``rf``, ``lda``, ``knn``, ``cart``, ``svm``, ``nb``) is fitted with scikit-learn
 and stored as an ONNX graph converted by skl2onnx; predictions always come from
 that stored graph, so the metrics describe exactly what is saved.

@@ -2,7 +2,7 @@
 
 Errors are mapped once, here: a :class:`PhotolabelError` prints one line
 ``error: ...`` on stderr and exits 1, never a traceback. Usage errors exit 2.
-Environment variables (seed 002's names) are read by click when a command starts.
+Environment variables (the static-transfer-learning service's names) are read by click when a command starts.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""``photolabel worker``: seed 000's long-lived classifier driven through stdin/stdout.
+"""``photolabel worker``: the Golem image classifier service's long-lived classifier driven through stdin/stdout.
 
 Started with ``-d DATASET -c CLASS...`` it trains (or, for data and settings it has
 seen before, loads the content-addressed model at once), prints one ready line, then
 answers one command per line, flushed at once:
 
-    predict IMAGE                   -> the label (seed 000 prints the label alone); "unknown" for an
+    predict IMAGE                   -> the label (the Golem service prints the label alone); "unknown" for an
                                        image unlike the training images or one the model is unsure of
     train TRAIN.tar.gz VALID.tar.gz -> adds the images, retrains, "Model Successfully Trained <id>"
     info | help | quit              (EOF also ends the session)
@@ -76,7 +76,7 @@ class WorkerSettings:
 
 
 def resolve_dataset(name: str, cwd: Path | None = None) -> Path | str:
-    """A path to a folder or archive, a storage URI (kept as it is), or seed 000's bare name for
+    """A path to a folder or archive, a storage URI (kept as it is), or the Golem service's bare name for
     ``NAME.tar.gz`` in the working directory."""
     from photolabel import storage
 

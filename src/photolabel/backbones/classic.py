@@ -1,6 +1,6 @@
-"""The ``classic`` backbone: seed 001's handcrafted global features, in numpy only.
+"""The ``classic`` backbone: the Golem scikit-learn image classifier's handcrafted global features, in numpy only.
 
-Seed 001 (after gogul09's "image classification in Python") describes an image by
+That classifier (after gogul09's "image classification in Python") describes an image by
 three global descriptors, stacked here in this order:
 
 1. Hu's seven moment invariants of the greyscale image (``cv2.HuMoments(cv2.moments(grey))``),
@@ -266,7 +266,7 @@ def classic_features(rgb: np.ndarray) -> np.ndarray:
 
 
 class ClassicBackbone(Backbone):
-    """Seed 001's handcrafted global features as a backbone (no network, no weights).
+    """The Golem scikit-learn classifier's handcrafted global features as a backbone (no network, no weights).
 
     ``image_size`` is the square side every image is resized to (bilinear) first.
     """

@@ -1,6 +1,6 @@
 """The service's configuration: environment variables, read once when the app is created.
 
-Names follow seed 002 (no prefix): ``DATA_DIR``, ``HTTP_TIMEOUT``, ``RANDOM_SEED``,
+Names follow the static-transfer-learning service (no prefix): ``DATA_DIR``, ``HTTP_TIMEOUT``, ``RANDOM_SEED``,
 ``API_PORT`` and so on; the service adds its own limits (``MAX_UPLOAD_BYTES``,
 ``INFER_MAX_BATCH``, ...). Values are validated at start-up, so a bad setting stops the
 service with a message that names the variable instead of failing on a request.
@@ -26,7 +26,7 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", frozen=True)
 
-    # -- seed 002's variables ------------------------------------------------------------------
+    # -- static-transfer-learning's variables --------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Folder for the job database, uploads and models.")
     http_timeout: float = Field(120.0, gt=0, description="Seconds before a URL download gives up.")
     data_limit: int = Field(

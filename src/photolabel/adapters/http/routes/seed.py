@@ -1,5 +1,5 @@
-"""Seed 002's API, with its exact request and response shapes: ``POST /train`` on a CSV of image URLs
-(repeat it to follow the job) and ``POST /infer`` on one image URL.
+"""The static-transfer-learning service's API, with its exact request and response shapes:
+``POST /train`` on a CSV of image URLs (repeat it to follow the job) and ``POST /infer`` on one image URL.
 """
 
 from __future__ import annotations
