@@ -34,3 +34,27 @@ def closed_port() -> int:
 class QuietHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
+
+
+@contextmanager
+def running_uvicorn(app: Any, **config: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` with a real uvicorn server on 127.0.0.1 in a background thread; yield its base
+    URL; stop it. ``config`` goes to ``uvicorn.Config``."""
+    import time
+
+    import uvicorn
+
+    port = closed_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -9,18 +9,15 @@ The run is bounded (a fixed number of examples per operation, derandomised) so C
 from __future__ import annotations
 
 import collections
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
-from support import closed_port as free_port  # a port nothing listens on yet
+from support import running_uvicorn
 from test_api import make_settings, register_model
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -43,21 +40,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, trained_mo
 
     tmp = tmp_path_factory.mktemp("schemathesis")
     model_id = register_model(tmp / "data", trained_model)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(make_settings(tmp, cache_dir)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-schemathesis", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", model_id
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with running_uvicorn(create_app(make_settings(tmp, cache_dir))) as base_url:
+        yield base_url, model_id
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])

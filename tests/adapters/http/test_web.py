@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-import uvicorn
+from support import running_uvicorn
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -38,12 +36,6 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 STATIC = Path(__file__).parents[3] / "src" / "photolabel" / "adapters" / "http" / "static"
 JOB_TIMEOUT_S = 60.0
 UI_TIMEOUT_MS = 15_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tar_gz(folder: Path, labels: tuple[str, ...], per_label: int) -> bytes:
@@ -79,21 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterato
         mp.setenv("PHOTOLABEL_CACHE_DIR", str(cache_dir))
         mp.delenv("ALLOW_PRIVATE_URLS", raising=False)
         settings = ServiceSettings()
-        port = free_port()
-        app_server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                                   log_level="warning"))
-        thread = threading.Thread(target=app_server.run, name="uvicorn-web-test", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not app_server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            app_server.should_exit = True
-            thread.join(timeout=15)
+        with running_uvicorn(create_app(settings)) as base_url:
+            yield base_url
 
 
 @pytest.fixture(scope="module")
