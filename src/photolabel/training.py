@@ -321,7 +321,9 @@ def train(
             # tune / preset "best": k-fold search on the training rows only, over each feature variant
             # (preset "best" adds augmented views when none were asked for); the lowest log-loss wins
             best_search: tuple[float, int, Any, dict[str, Any], np.ndarray, np.ndarray, Any] | None = None
-            for index, variant in enumerate(tuning.feature_variants(config)):
+            activations: dict[str, np.ndarray] | None = None  # the trunk's, for a fine-tuned variant
+            variants = tuning.feature_variants(config)
+            for index, variant in enumerate(variants):
                 X_variant, y_variant, weight_variant = X_train, y_train, sample_weight
                 if variant["augment"] != config.augment:
                     extra = embed_views(train_rows, extractor, views=variant["augment"], seed=config.seed,
@@ -331,20 +333,34 @@ def train(
                     embedded.computed += extra.computed
                     embedded.cached += extra.cached
                 keys, originals = _row_images(train_rows, len(X_variant))
-                chosen, table = tuning.search(
+                fold_features = None
+                if variant["finetune"] and not config.finetune:  # preset best: a tail tuned per fold
+                    report("fitting", 0.9)
+                    activations = _trunk_activations(good, extractor, cache_root, runtime, embedded)
+                    fold_features = _fold_tuned_features(extractor, activations, train_rows, y_train, labels,
+                                                         config.seed)
+                chosen_here, table = tuning.search(
                     config, X_variant, y_variant, len(labels), weight_variant, keys=keys, scored=originals,
-                    threads=runtime.threads or os.cpu_count() or 1,
+                    threads=runtime.threads or os.cpu_count() or 1, variant=variant, fold_features=fold_features,
                     on_progress=lambda done, total: report("fitting", 0.9 + 0.06 * done / max(total, 1)),
                 )
                 table["features"] = variant
                 score = table["candidates"][table["chosen"]["index"]]["mean_log_loss"]
                 if best_search is None or score < best_search[0]:
-                    best_search = (score, index, chosen, table, X_variant, y_variant, weight_variant)
+                    best_search = (score, index, chosen_here, table, X_variant, y_variant, weight_variant)
                 tuning_metrics.setdefault("tuning_variants", []).append(table)
             assert best_search is not None
-            _, _, chosen, tuning_metrics["tuning"], X_train, y_train, sample_weight = best_search
+            _, chosen_index, chosen, tuning_metrics["tuning"], X_train, y_train, sample_weight = best_search
             if len(tuning_metrics["tuning_variants"]) == 1:
                 del tuning_metrics["tuning_variants"]
+            if variants[chosen_index]["finetune"] and not config.finetune:
+                # the fine-tuned variant won: tune the tail on every training row; all that follows sees it
+                assert activations is not None
+                tuned, vectors = finetune_rows(trunk_for(extractor), activations, train_rows, labels,  # type: ignore[arg-type]
+                                               config.seed)
+                extractor = tuned.backbone
+                model_id, manifest_hash = plan_model_id(good, labels, config, extractor.hash)
+                X_train = np.stack([vectors[r.sha256] for r in train_rows]).astype(np.float64)
             head_model = make_head(chosen.head, seed=config.seed, params=chosen.params)
         with scalars_to(runtime.tensorboard_dir, head_model):  # a head trained in epochs logs its curves
             head_model.fit(X_train, y_train, len(labels), sample_weight=sample_weight)
@@ -436,6 +452,35 @@ def train(
     finally:
         if owned:
             dataset.close()
+
+
+def _trunk_activations(records: Sequence[ImageRecord], backbone: Any, cache_root: Path, runtime: Runtime,
+                       embedded: Any) -> dict[str, np.ndarray]:
+    """The activations at the fine-tuning cut of ``backbone`` for ``records`` (cached like embeddings,
+    under the trunk's hash), keyed by sha256; ``embedded``'s counts grow by what was computed."""
+    trunk = trunk_for(backbone)
+    result, _ = embed_records(records, trunk, cache=EmbeddingCache(cache_root, trunk.hash, trunk.embedding_dim),
+                              skip_bad=False, runtime=runtime)
+    embedded.computed += result.computed
+    embedded.cached += result.cached
+    return {records[i].sha256: vector for i, vector in zip(result.indices, result.vectors)}
+
+
+def _fold_tuned_features(backbone: Any, activations: Mapping[str, np.ndarray], train_rows: Sequence[ImageRecord],
+                         y_train: np.ndarray, labels: Sequence[str], seed: int) -> Callable[[int], np.ndarray]:
+    """For the search's fold h: the training rows' embeddings through a tail fine-tuned on the rows of the
+    other folds only (the same folds as :func:`photolabel.tuning.fold_assignment` gives the search)."""
+    trunk = trunk_for(backbone)
+    keys = [r.sha256 for r in train_rows]
+    fold, _ = tuning.fold_assignment(y_train, keys, seed, labels=labels)
+    train_activations = np.stack([activations[key] for key in keys])
+
+    def features(held_out: int) -> np.ndarray:
+        fit = [r for r, f in zip(train_rows, fold.tolist()) if f != held_out]
+        tuned, _ = finetune_rows(trunk, {r.sha256: activations[r.sha256] for r in fit}, fit, labels, seed)
+        return tuned.backbone.embed_activations(train_activations).astype(np.float64)
+
+    return features
 
 
 def _row_images(train_rows: Sequence[ImageRecord], n_rows: int) -> tuple[list[str], np.ndarray]:

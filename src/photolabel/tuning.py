@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from photolabel.config import TrainConfig
 
 #: bump whenever the folds, the scoring or the selection change what a search chooses
-SEARCH_VERSION = 1
+SEARCH_VERSION = 2  # 2: preset best also scores a fine-tuned variant, its tail tuned once per fold
 FOLDS = 5
 SCORING = "log_loss"
 #: probabilities are clipped to [LOG_LOSS_EPS, 1] before the log
@@ -105,27 +105,41 @@ def grid_candidates(head: str, base_params: Mapping[str, Any]) -> list[Candidate
 
 
 # --- preset "best": the variants of the features ------------------------------------------------
-# Today a search covers heads x their grids on one set of features: the backbone's embeddings of
-# the training images. Augmentation (K augmented views per training image) and fine-tuning (a
-# tuned backbone) change the features themselves. The lead adds them here, as feature variants
-# listed in the plan (so the model id covers them) and scored on the same folds: rows of one image
-# share its key, so an image's augmented views stay in one fold (see fold_assignment).
+# A search covers heads x their grids on one set of features: the backbone's embeddings of the
+# training images. Augmentation (K augmented views per training image) and fine-tuning (a tuned
+# backbone) change the features themselves; preset "best" lists them as feature variants (in the
+# plan, so the model id covers them), each scored on the same folds. Rows of one image share its
+# key, so an image's augmented views stay in one fold (see fold_assignment). The fine-tuned variant
+# tunes the backbone's tail once per fold on that fold's training rows only (so no held-out image
+# shaped the features it is scored on) and searches the configured head's grid only: a tail per
+# fold is the expensive part, and every head's grid on it would multiply the time again.
 #: the augmentation preset "best" tries when the config has none
 PRESET_AUGMENT = 2
 
 
 def feature_variants(config: TrainConfig) -> list[dict[str, Any]]:
     """The feature variants a search covers: the configured one, and with preset "best" (when the
-    config has no augmentation) the same with PRESET_AUGMENT views per training image. Fine-tuning
-    is not searched: tuning the backbone once per fold and candidate is beyond a CPU budget; ask for
-    it with ``finetune`` and the search runs on the tuned features."""
+    config has no augmentation and no fine-tuning) the same with PRESET_AUGMENT views per training
+    image, and (for a network backbone) with the backbone's last block fine-tuned."""
     from photolabel.augment import AUGMENT_VERSION
+    from photolabel.finetune import FINETUNABLE, FINETUNE_VERSION, RECIPE
 
-    variants = [{"augment": config.augment, "finetune": config.finetune}]
+    variants: list[dict[str, Any]] = [{"augment": config.augment, "finetune": config.finetune}]
     if config.preset == "best" and not config.augment:
         # the recipe's version is in the plan (so in the model id) when the search may choose views
         variants.append({"augment": PRESET_AUGMENT, "augment_version": AUGMENT_VERSION, "finetune": config.finetune})
+        if not config.finetune and config.backbone in FINETUNABLE:
+            variants.append({"augment": 0, "finetune": True, "finetune_version": FINETUNE_VERSION,
+                             "finetune_recipe": RECIPE.to_dict(), "tail_tuned": "once per fold",
+                             "heads": [config.head]})
     return variants
+
+
+def variant_candidates(config: TrainConfig, variant: Mapping[str, Any]) -> list[Candidate]:
+    """The candidates searched on ``variant``'s features: every candidate of the search, or those of the
+    heads the variant names."""
+    heads = variant.get("heads")
+    return [c for c in search_candidates(config) if heads is None or c.head in heads]
 
 
 def search_candidates(config: TrainConfig) -> list[Candidate]:
@@ -191,7 +205,8 @@ def _rounded(value: float) -> float:
 def cross_validate(candidates: Sequence[Candidate], seed: int, X: np.ndarray, y: np.ndarray, n_classes: int,
                    sample_weight: np.ndarray | None = None, *, keys: Sequence[str] | None = None,
                    scored: np.ndarray | None = None, threads: int = 1, labels: Sequence[str] | None = None,
-                   on_progress: Progress | None = None) -> tuple[Candidate, dict[str, Any]]:
+                   on_progress: Progress | None = None,
+                   fold_features: Callable[[int], np.ndarray] | None = None) -> tuple[Candidate, dict[str, Any]]:
     """Score each candidate on the same folds; return the chosen one and the table.
 
     ``keys`` name each row's image (its sha256; default: the row index) for the folds: rows of one
@@ -200,22 +215,27 @@ def cross_validate(candidates: Sequence[Candidate], seed: int, X: np.ndarray, y:
     (candidate, fold) pairs at once, each on one BLAS thread; the table is the same whatever it is.
     A candidate that cannot be fitted on a fold (knn with more neighbours than rows, lda with fewer
     rows than labels: a ValueError) is listed as skipped; with several heads, so is a head that cannot
-    weight classes.
+    weight classes. ``fold_features(h)`` (optional) gives
+    every row's features for when fold h is held out (features learnt on the other folds only, such as a
+    tail fine-tuned on them); it is called once per fold, in fold order, before any fit.
 
     Raises:
         ConfigError: a single head that cannot weight classes, with ``sample_weight``.
         DataError: too few images per label for two folds, or no candidate could be fitted.
     """
-    X = np.asarray(X, dtype=np.float64)
+    X_all = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     fold, k = fold_assignment(y, keys if keys is not None else [str(i) for i in range(len(y))], seed,
                               labels=labels)
     scored = np.ones(len(y), dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
     several_heads = len({c.head for c in candidates}) > 1
+    per_fold = ([np.asarray(fold_features(h), dtype=np.float64) for h in range(k)] if fold_features is not None
+                else None)
 
     def score(task: tuple[int, int]) -> tuple[float, float] | ValueError:
         candidate, held_out = candidates[task[0]], task[1]
+        X = per_fold[held_out] if per_fold is not None else X_all
         fit_rows = fold != held_out
         score_rows = ~fit_rows & scored
         try:
@@ -323,10 +343,13 @@ def tune_head(head_name: str, seed: int, given_params: Mapping[str, Any] | None,
 
 def search(config: TrainConfig, X: np.ndarray, y: np.ndarray, n_classes: int,
            sample_weight: np.ndarray | None = None, *, keys: Sequence[str] | None = None,
-           scored: np.ndarray | None = None, threads: int = 1,
-           on_progress: Progress | None = None) -> tuple[Candidate, dict[str, Any]]:
+           scored: np.ndarray | None = None, threads: int = 1, on_progress: Progress | None = None,
+           variant: Mapping[str, Any] | None = None,
+           fold_features: Callable[[int], np.ndarray] | None = None) -> tuple[Candidate, dict[str, Any]]:
     """The head and parameters ``config``'s search chooses on the training rows ``X``, ``y`` (see
-    :func:`search_candidates`; ``keys``, ``scored`` and ``threads`` as in :func:`cross_validate`), and the table
-    for ``metrics.json["tuning"]``."""
-    return cross_validate(search_candidates(config), config.seed, X, y, n_classes, sample_weight, keys=keys,
-                          scored=scored, threads=threads, labels=config.classes, on_progress=on_progress)
+    :func:`search_candidates`, or :func:`variant_candidates` of ``variant``; ``keys``, ``scored``, ``threads``
+    and ``fold_features`` as in :func:`cross_validate`), and the table for ``metrics.json["tuning"]``."""
+    candidates = variant_candidates(config, variant) if variant is not None else search_candidates(config)
+    return cross_validate(candidates, config.seed, X, y, n_classes, sample_weight, keys=keys,
+                          scored=scored, threads=threads, labels=config.classes, on_progress=on_progress,
+                          fold_features=fold_features)

@@ -222,3 +222,66 @@ def test_candidates_a_fold_is_too_small_for_are_skipped_not_fatal():
 def test_tuning_needs_two_training_images_of_every_label(small_data, tmp_path, cache_dir):
     with pytest.raises(DataError, match="at least 2 training images of every label; label 'blouse' has 1"):
         photolabel.train(small_data, tmp_path / "m", cache_dir=cache_dir, tune=True, max_per_label=1)
+
+
+# --- preset best: the fine-tuned variant ---------------------------------------------------------
+
+
+def test_preset_best_plans_a_fine_tuned_variant_with_the_configured_heads_grid():
+    from photolabel.tuning import feature_variants, variant_candidates
+
+    variants = feature_variants(TrainConfig(preset="best"))
+    assert [(v["augment"], v["finetune"]) for v in variants] == [(0, False), (2, False), (0, True)]
+    tuned_variant = variants[2]
+    assert tuned_variant["heads"] == ["logistic"] and tuned_variant["tail_tuned"] == "once per fold"
+    assert {c.head for c in variant_candidates(TrainConfig(preset="best"), tuned_variant)} == {"logistic"}
+    assert search_plan(TrainConfig(preset="best"))["features"] == variants  # so the model id covers it
+    # nothing to tune on the handcrafted backbone, and fine-tuning asked for is not searched again
+    assert all(not v["finetune"] for v in feature_variants(TrainConfig(preset="best", backbone="classic")))
+    assert len(feature_variants(TrainConfig(preset="best", finetune=True))) == 2
+
+
+def test_each_folds_tail_is_tuned_without_its_held_out_images(small_data, cache_dir):
+    """The features a held-out fold is scored on come from a tail that never saw that fold: changing the
+    held-out images' activations changes nothing for the other rows."""
+    from photolabel.dataset import ImageRecord
+    from photolabel.finetune import trunk_for
+    from photolabel.training import _fold_tuned_features
+    from photolabel.tuning import fold_assignment
+
+    backbone = get_backbone("efficientnet-lite0", cache_dir=cache_dir)
+    trunk = trunk_for(backbone)
+    rng = np.random.default_rng(0)
+    labels = ("a", "b", "c")
+    rows = [ImageRecord(source=f"{i}.jpg", path=None, sha256=f"{i:064x}", label=labels[i % 3]) for i in range(30)]
+    y = np.array([i % 3 for i in range(30)])
+    activations = {r.sha256: rng.normal(size=trunk.embedding_dim).astype(np.float32) + 0.3 * (i % 3)
+                   for i, r in enumerate(rows)}
+    fold, _ = fold_assignment(y, [r.sha256 for r in rows], 5, labels=labels)
+    first = _fold_tuned_features(backbone, activations, rows, y, labels, 5)(0)
+    changed = {sha: (-5 * vector if f == 0 else vector) for (sha, vector), f in zip(activations.items(), fold)}
+    second = _fold_tuned_features(backbone, changed, rows, y, labels, 5)(0)
+    np.testing.assert_array_equal(first[fold != 0], second[fold != 0])
+    assert not np.allclose(first[fold == 0], second[fold == 0])
+
+
+def test_a_fine_tuned_variant_chosen_by_preset_best_is_a_fine_tuned_model(small_data, tmp_path, cache_dir,
+                                                                         monkeypatch):
+    """When the search picks the fine-tuned variant, the model carries its tail: the card's finetune
+    section, the tail file, the tuned backbone hash in its id; it reloads and answers as trained, and a
+    second training gives the same bytes. (The plan is narrowed to that one variant so that it wins.)"""
+    from photolabel import tuning
+
+    full = tuning.feature_variants
+    monkeypatch.setattr(tuning, "feature_variants", lambda config: [full(config)[-1]])
+    first = photolabel.train(small_data, tmp_path / "a", cache_dir=cache_dir, preset="best", threads=1)
+    model = photolabel.load_model(tmp_path / "a")  # the card's id check covers the tuned hash
+    assert model.card.finetune is not None and (tmp_path / "a" / "finetune" / "tail.onnx").is_file()
+    assert model.card.backbone.hash == model.backbone.hash != get_backbone(model.card.backbone.name,
+                                                                            cache_dir=cache_dir).hash
+    assert first.metrics["tuning"]["features"]["finetune"] is True
+    assert {row["head"] for row in first.metrics["tuning"]["candidates"]} == {"logistic"}
+    image = min((small_data / "blouse").iterdir())
+    assert model.predict([str(image)])[0].scores == first.model.predict([str(image)])[0].scores
+    photolabel.train(small_data, tmp_path / "b", cache_dir=cache_dir, preset="best", threads=2)
+    assert _model_bytes(tmp_path / "b") == _model_bytes(tmp_path / "a")
