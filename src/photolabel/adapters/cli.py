@@ -223,7 +223,8 @@ def balance_and_search_options(function: Callable[..., Any]) -> Callable[..., An
                           "(lowest mean log-loss over the grid `photolabel heads` shows); slower, same result "
                           "every run."),
         click.option("--preset", type=click.Choice(["best"]), default=TRAIN_DEFAULTS.preset,
-                     help="best: choose the head too, searching every head's grid the way --tune does."),
+                     help="best: choose the head too, searching every head's grid the way --tune does, with and "
+                          "without augmented views, and the head's grid on a fine-tuned backbone. Much slower."),
     ]
     for option in reversed(options):
         function = option(function)
