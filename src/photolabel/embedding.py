@@ -40,8 +40,9 @@ class ImageView(Protocol):
 class ImageInput:
     """An image to embed: bytes in memory, a local file, or decoded RGB pixels, plus the name errors show.
 
-    ``pixels`` is an RGB ``uint8`` array (H, W, 3) that skips decoding; its sha256 is taken
-    over its shape and bytes (no file exists to hash).
+    ``pixels`` is an RGB ``uint8`` array (H, W, 3) that skips decoding; its sha256 is ``sha256``
+    when given (the hash of the bytes it was decoded from, as the service decodes apart), else it
+    is taken over its shape and bytes (no file exists to hash).
 
     ``view``: embed this variant of the image instead: the bytes are decoded and checked against
     ``sha256`` as usual, then ``view.apply`` runs before the backbone's ``prepare``, and the
@@ -109,7 +110,8 @@ def embed_images(
     """Embed ``inputs`` with ``backbone``, one vector per decodable image.
 
     Images already in ``cache`` (looked up by their sha256) are not decoded at all.
-    Undecodable images become ``failures``; they never stop the rest.
+    Undecodable images become ``failures``, whatever went wrong with them (only ``MemoryError``
+    propagates); they never stop the rest.
     ``on_progress(done, total)`` is called after each batch (for job status pages).
     """
     count = len(inputs)
@@ -134,7 +136,7 @@ def embed_images(
             if item.pixels is not None:
                 pixels = check_pixels(item.pixels, item.source)  # an ImageInput built by hand is not checked yet
                 view = item.view.apply(pixels) if item.view is not None else pixels
-                return _Prepared(index, pixels_sha256(pixels), backbone.prepare(view), None)
+                return _Prepared(index, item.sha256 or pixels_sha256(pixels), backbone.prepare(view), None)
             data = item.read()
             digest = sha256_bytes(data)
             if item.sha256 is not None and digest != item.sha256:
@@ -147,6 +149,11 @@ def embed_images(
             return _Prepared(index, digest, backbone.prepare(rgb), None)
         except ImageError as exc:
             return _Prepared(index, item.sha256, None, BadInput(item.source, str(exc), exc.code))
+        except MemoryError:
+            raise
+        except Exception as exc:  # one input's failure is its own: never the batch's, never a traceback
+            message = f"{item.source}: cannot prepare the image ({str(exc).strip() or type(exc).__name__})"
+            return _Prepared(index, item.sha256, None, BadInput(item.source, message, ImageError.code))
 
     computed = 0
     pool = _decode_pool(max(1, workers))

@@ -214,10 +214,23 @@ def test_empty_bytes_fail() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
-def test_corrupt_tiff_directory_fails_as_image_error() -> None:
+def test_corrupt_tiff_directory_chain_is_not_walked_past_the_first_page() -> None:
     data = bytearray(_encode(Image.new("RGB", (32, 24), (10, 20, 30)), "TIFF"))
     assert data[:4] == b"II*\x00" and data[4:8] == b"\x08\x00\x00\x00"
-    data[8] = 66  # the first directory now claims 66 entries: PIL raises TypeError on it
+    # The first directory now claims 66 entries, so its "next directory" pointer is garbage: PIL's
+    # frame count raises TypeError on it. Only the first page is decoded, and it is intact.
+    data[8] = 66
+    decoded = decode_image(bytes(data), source="scan.tif")
+    assert decoded.shape == (24, 32, 3)
+    assert (decoded == (10, 20, 30)).all()
+
+
+def test_tiff_strip_outside_the_file_fails_as_image_error() -> None:
+    data = bytearray(_encode(Image.new("RGB", (32, 24), (10, 20, 30)), "TIFF"))
+    count = struct.unpack("<H", data[8:10])[0]
+    entries = [10 + 12 * i for i in range(count)]
+    (strip,) = [e for e in entries if struct.unpack("<H", data[e : e + 2])[0] == 273]  # StripOffsets
+    data[strip + 8 : strip + 12] = struct.pack("<I", 10**8)
     with pytest.raises(ImageError, match="scan.tif"):
         decode_image(bytes(data), source="scan.tif")
 

@@ -17,16 +17,26 @@ from photolabel.adapters.http.errors import (
     BadJsonError,
     InvalidRequestError,
     NotFoundError,
-    PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 from photolabel.adapters.http.predicting import predict_items, predict_one, prediction_entry, raise_for_bad_input
-from photolabel.adapters.http.schemas import ModelKey, ObjectRef, PredictResponse, PredictUrls, error_responses
+from photolabel.adapters.http.schemas import (
+    ErrorResponse,
+    ModelKey,
+    ObjectRef,
+    PredictResponse,
+    PredictUrls,
+    error_responses,
+)
 from photolabel.dataset import BadInput
 from photolabel.embedding import ImageInput
-from photolabel.errors import PhotolabelError
+from photolabel.errors import FetchTooLargeError, PhotolabelError
 
 router = APIRouter(prefix="/v1", tags=["models"])
+
+#: an image past DECODE_TIMEOUT_S or INFER_TIMEOUT_S
+_DEADLINE = {504: {"model": ErrorResponse, "description": "The image took longer than the server allows to decode "
+                   "(DECODE_TIMEOUT_S) or to label (INFER_TIMEOUT_S) (`deadline_exceeded`)."}}
 
 _PREDICT_BODY = {
     "requestBody": {
@@ -49,11 +59,11 @@ _PREDICT_BODY = {
 
 
 @router.post("/models/{key}/predict", response_model=PredictResponse, openapi_extra=_PREDICT_BODY,
-             responses=error_responses(400, 404, 409, 413, 415, 422, 503),
+             responses={**error_responses(400, 404, 409, 413, 415, 422, 503), **_DEADLINE},
              summary="Label images: multipart `images`, JSON `{urls}`, or one raw image body")
 async def predict(key: ModelKey, request: Request, service: ServiceDep) -> dict[str, Any]:
     """One entry per image, in order: a prediction or an error. When the request carries
-    exactly one image and it fails, the answer is that error's status (413, 415 or 422)."""
+    exactly one image and it fails, the answer is that error's status (413, 415, 422 or 504)."""
     record = await run_in_threadpool(resolve_model, service, key)
     items = await _read_predict_body(request, service)
     results = await predict_items(service, record, items)
@@ -111,7 +121,7 @@ async def _read_predict_body(request: Request, service: Service) -> list[ImageIn
 
 
 @router.post("/models/{key}/predict-object", response_model=PredictResponse,
-             responses=error_responses(404, 409, 413, 415, 422, 503),
+             responses={**error_responses(404, 409, 413, 415, 422, 503), **_DEADLINE},
              summary="Label an image in storage: a cloud function's {bucket, filename}, or a storage {uri}")
 async def predict_object(key: ModelKey, body: ObjectRef, service: ServiceDep) -> dict[str, Any]:
     """`bucket` is a folder under STORAGE_ROOT and `filename` a relative path inside it. `uri`
@@ -148,5 +158,5 @@ def _read_capped(handle: IO[bytes], name: str, max_bytes: int) -> bytes:
     with handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise PayloadTooLargeError(f"{name} is over MAX_UPLOAD_BYTES={max_bytes}")
+        raise FetchTooLargeError(f"{name} is over MAX_UPLOAD_BYTES={max_bytes}")
     return data
