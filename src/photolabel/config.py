@@ -22,6 +22,7 @@ from typing import Any
 from photolabel.errors import ConfigError
 from photolabel.fetch import DEFAULT_FETCH_OPTIONS, FetchOptions
 from photolabel.images import DEFAULT_MAX_PIXELS
+from photolabel.limits import DEFAULT_ARCHIVE_LIMITS, DEFAULT_CSV_LIMITS, ArchiveLimits, CsvLimits
 
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 MAX_THREADS = 256
@@ -136,7 +137,8 @@ class Runtime:
 
     ``cache_dir`` None means ``PHOTOLABEL_CACHE_DIR`` as the adapter read it, else
     ``~/.cache/photolabel``; ``threads`` None means every core. ``tensorboard_dir``: where a head that
-    trains in epochs writes TensorBoard curves (None: nowhere).
+    trains in epochs writes TensorBoard curves (None: nowhere). ``archive_limits`` and ``csv_limits``
+    cap the archives and CSV manifests a data set is read from (see :mod:`photolabel.limits`).
     """
 
     threads: int | None = None
@@ -146,6 +148,8 @@ class Runtime:
     fetch: FetchOptions = DEFAULT_FETCH_OPTIONS
     progress: bool = False
     tensorboard_dir: Path | None = None
+    archive_limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS
+    csv_limits: CsvLimits = DEFAULT_CSV_LIMITS
 
     def __post_init__(self) -> None:
         if self.threads is not None:
@@ -158,6 +162,12 @@ class Runtime:
             _set(self, "tensorboard_dir", Path(self.tensorboard_dir))
         if not isinstance(self.fetch, FetchOptions):
             raise ConfigError(f"fetch must be FetchOptions, got {type(self.fetch).__name__}", field="fetch")
+        if not isinstance(self.archive_limits, ArchiveLimits):
+            raise ConfigError(f"archive_limits must be ArchiveLimits, got {type(self.archive_limits).__name__}",
+                              field="archive_limits")
+        if not isinstance(self.csv_limits, CsvLimits):
+            raise ConfigError(f"csv_limits must be CsvLimits, got {type(self.csv_limits).__name__}",
+                              field="csv_limits")
 
     def replace(self, **changes: Any) -> Runtime:
         return dataclasses.replace(self, **changes)

@@ -47,7 +47,8 @@ def evaluate(
         from photolabel.sources import load_dataset
 
         dataset = load_dataset(data, skip_bad=skip_bad, fetch_options=runtime.fetch,
-                               progress=runtime.progress, require_labels=False)
+                               progress=runtime.progress, require_labels=False,
+                               archive_limits=runtime.archive_limits, csv_limits=runtime.csv_limits)
         owned = True
     try:
         unknown = sorted({r.label for r in dataset.records} - set(model.labels))

@@ -14,6 +14,7 @@ Images are hashed here, not decoded: the embedding step finds undecodable images
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import io
@@ -21,15 +22,19 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from photolabel import storage
 from photolabel.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from photolabel.dataset import BadInput, Dataset, ImageRecord
 from photolabel.errors import (
+    CsvLimitError,
+    CsvTooLargeError,
     DataError,
+    FetchTooLargeError,
     HashMismatchError,
     PhotolabelError,
     SourceNotFoundError,
@@ -37,6 +42,7 @@ from photolabel.errors import (
 )
 from photolabel.fetch import DEFAULT_FETCH_OPTIONS, FetchOptions
 from photolabel.hashing import sha1_bytes, sha256_bytes
+from photolabel.limits import DEFAULT_ARCHIVE_LIMITS, DEFAULT_CSV_LIMITS, ArchiveLimits, CsvLimits
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -46,6 +52,8 @@ _IGNORED_FOLDERS = {"test"}
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _WEB_SCHEMES = ("http", "https")
 _GLOB_MAGIC = re.compile(r"[*?[]")
+_CSV_COLUMNS = ("image", "label", "sha1")
+_CSV_LINE_CAP = 1024**2  # bytes of one physical line read at a time; a longer line is refused
 
 
 def load_dataset(
@@ -57,6 +65,8 @@ def load_dataset(
     progress: bool = False,
     require_labels: bool = True,
     urls_only: str | None = None,
+    archive_limits: ArchiveLimits | None = None,
+    csv_limits: CsvLimits | None = None,
 ) -> Dataset:
     """Load the labelled images that ``spec`` (a path or any URI :mod:`photolabel.storage` reads) names.
 
@@ -73,20 +83,26 @@ def load_dataset(
     errors. ``require_labels=False`` (incremental training) accepts a single label,
     classes without images, and valid-only labels.
 
+    ``archive_limits`` caps an archive (members, bytes, compression ratio, time; see
+    :func:`photolabel.archives.extract_archive`), ``csv_limits`` a CSV manifest (rows, bytes in
+    a cell); both default to :mod:`photolabel.limits`' defaults.
+
     Identical bytes listed twice with the same label are kept once; with different
     labels they are a :class:`DataError`. Temporary folders (extracted archives,
     downloads) belong to the returned dataset and go on its ``close()``; if loading
     fails they are removed before the error propagates.
 
     Raises :class:`SourceNotFoundError`, :class:`DataError` (and its
-    :class:`HashMismatchError`, :class:`~photolabel.errors.UnsafeArchiveError`), or
+    :class:`HashMismatchError`, :class:`~photolabel.errors.UnsafeArchiveError`,
+    :class:`~photolabel.errors.ArchiveTooLargeError`, :class:`~photolabel.errors.CsvLimitError`), or
     :class:`~photolabel.errors.FetchError` (and its
     :class:`~photolabel.errors.AccessDeniedError`), or
     :class:`~photolabel.errors.MissingDependencyError`, each with a one-line message
     naming the file, URI or CSV line.
     """
     wanted = _check_classes(classes)
-    loader = _Loader(wanted, skip_bad, fetch_options, progress)
+    loader = _Loader(wanted, skip_bad, fetch_options, progress, archive_limits=archive_limits or DEFAULT_ARCHIVE_LIMITS,
+                     csv_limits=csv_limits or DEFAULT_CSV_LIMITS)
     shown = os.fspath(spec)
     try:
         if urls_only is not None:
@@ -102,6 +118,33 @@ def load_dataset(
         for folder in loader.temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def check_manifest(
+    path: str | os.PathLike[str],
+    *,
+    urls_only: str,
+    classes: Sequence[str] | None = None,
+    csv_limits: CsvLimits | None = None,
+    shown: str | None = None,
+) -> int:
+    """Check an untrusted CSV manifest as ``load_dataset(path, urls_only=...)`` will read it, fetching nothing.
+
+    A service calls it when it receives a manifest, so that an empty one, a header without
+    rows, a malformed row, a row that is not an http(s) URL, or one over ``csv_limits`` is
+    refused at once rather than failing a job later. Messages name the file ``shown`` (default
+    ``urls_only``). Returns the number of rows. Raises :class:`DataError`
+    (:class:`~photolabel.errors.CsvLimitError` for a limit) naming the line.
+    """
+    loader = _Loader(_check_classes(classes), False, DEFAULT_FETCH_OPTIONS, False, web_only=True,
+                     csv_limits=csv_limits or DEFAULT_CSV_LIMITS)
+    csv_path = Path(path)
+    name = shown or urls_only
+    rows = _read_csv_rows(loader, csv_path, name)
+    base = urls_only if storage.scheme_of(urls_only) in _WEB_SCHEMES else ""
+    for row in rows:
+        _row_target(row, csv_path, name, base, web_only=True)
+    return len(rows)
 
 
 def expand_image_args(args: Sequence[str]) -> list[str]:
@@ -177,6 +220,8 @@ class _Loader:
     fetch_options: FetchOptions
     progress: bool
     web_only: bool = False  # rows may only be http(s) URLs (an untrusted manifest: urls_only)
+    archive_limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS
+    csv_limits: CsvLimits = DEFAULT_CSV_LIMITS
     found: list[_Found] = field(default_factory=list)
     skipped: list[BadInput] = field(default_factory=list)
     temp_dirs: list[Path] = field(default_factory=list)
@@ -240,7 +285,13 @@ def _load_remote(loader: _Loader, uri: str) -> None:
     name = storage.basename(uri)
     if is_archive(name) or name.lower().endswith(".csv"):
         local = loader.make_temp_dir() / name
-        local.write_bytes(storage.read_bytes(uri, loader.fetch_options))
+        try:
+            body = storage.read_bytes(uri, loader.fetch_options)
+        except FetchTooLargeError as exc:
+            if is_archive(name):
+                raise
+            raise CsvTooLargeError(str(exc)) from exc
+        local.write_bytes(body)
         if is_archive(name):
             _load_archive(loader, local, shown=uri)
         else:
@@ -289,7 +340,7 @@ def _load_remote_folder(loader: _Loader, uri: str) -> None:
 def _load_archive(loader: _Loader, archive: Path, shown: str) -> None:
     folder = loader.make_temp_dir()
     try:
-        root = extract_archive(archive, folder)
+        root = extract_archive(archive, folder, limits=loader.archive_limits)
     except PhotolabelError as exc:
         if shown == str(archive):
             raise
@@ -443,32 +494,75 @@ def _load_csv(loader: _Loader, csv_path: Path, shown: str, base_url: str | None)
 
 
 def _read_csv_rows(loader: _Loader, csv_path: Path, shown: str) -> list[_Row]:
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise DataError(f"{shown}: cannot read ({exc.strerror})") from exc
+    """The manifest's rows, read as a stream: a huge file is refused at the limit, never read whole."""
+    limits = loader.csv_limits
     rows: list[_Row] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    first = True
+    header_line: int | None = None
     try:
-        for raw in reader:
-            cells = [cell.strip() for cell in raw]
-            if not any(cells):
-                continue
-            line = reader.line_num
-            if first:
-                first = False
-                if len(cells) >= 2 and cells[1].lower() == "label":
-                    continue
-            rows.append(_parse_row(cells, line, shown))
-            loader.check_label(rows[-1].label, f"{shown} line {line}")
-    except csv.Error as exc:
-        raise DataError(f"{shown} line {reader.line_num}: {exc}") from exc
+        with open(csv_path, "rb") as handle:
+            reader = csv.reader(_csv_lines(handle, shown))
+            first = True
+            try:
+                for raw in reader:
+                    cells = [cell.strip() for cell in raw]
+                    if not any(cells):
+                        continue
+                    line = reader.line_num
+                    _check_cells(raw, line, shown, limits)
+                    if first:
+                        first = False
+                        if len(cells) >= 2 and cells[1].lower() == "label":
+                            header_line = line
+                            continue
+                    if len(rows) == limits.max_rows:
+                        raise CsvLimitError(f"{shown} line {line}: more rows than the limit of {limits.max_rows}; "
+                                            "split the manifest")
+                    rows.append(_parse_row(cells, line, shown))
+                    loader.check_label(rows[-1].label, f"{shown} line {line}")
+            except csv.Error as exc:
+                line = reader.line_num
+                if "field larger than field limit" in str(exc):
+                    raise CsvLimitError(f"{shown} line {line}: a cell holds more than {limits.max_field_bytes} "
+                                        "bytes, the limit") from None
+                raise DataError(f"{shown} line {line}: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{shown}: cannot read ({exc.strerror or exc})") from exc
     if not rows:
+        if header_line is not None:
+            raise DataError(f"{shown}: no rows after the header on line {header_line}; "
+                            "expected lines of image,label[,sha1]")
         raise DataError(f"{shown}: no rows; expected lines of image,label[,sha1]")
     return rows
+
+
+def _csv_lines(handle: IO[bytes], shown: str) -> Iterator[str]:
+    """The file's lines as text, split as ``open(newline="")`` splits them (on \\n, \\r\\n or \\r).
+
+    Read one line at a time, at most :data:`_CSV_LINE_CAP` bytes, so that memory stays bounded;
+    a line that is not UTF-8 is named by its number.
+    """
+    number = 0
+    while raw := handle.readline(_CSV_LINE_CAP + 1):
+        if len(raw) > _CSV_LINE_CAP:
+            raise CsvLimitError(f"{shown} line {number + 1}: longer than {_CSV_LINE_CAP} bytes; refused")
+        if number == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{shown} line {number + 1}: not UTF-8 text ({exc.reason} at byte {exc.start} "
+                            "of the line)") from None
+        for line in io.StringIO(text, newline=""):  # a lone \r ends a line too
+            number += 1
+            yield line
+
+
+def _check_cells(raw: list[str], line: int, shown: str, limits: CsvLimits) -> None:
+    for index, cell in enumerate(raw):
+        if len(cell) > limits.max_field_bytes // 4 and len(cell.encode("utf-8")) > limits.max_field_bytes:
+            name = f"{_CSV_COLUMNS[index]} cell" if index < len(_CSV_COLUMNS) else f"cell {index + 1}"
+            raise CsvLimitError(f"{shown} line {line}: the {name} holds {len(cell.encode('utf-8'))} bytes, "
+                                f"over the limit of {limits.max_field_bytes}")
 
 
 def _parse_row(cells: list[str], line: int, shown: str) -> _Row:

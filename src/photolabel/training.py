@@ -253,7 +253,8 @@ def train(
         from photolabel.sources import load_dataset
 
         dataset = load_dataset(data, classes=None if base is not None else wanted_classes, skip_bad=skip_bad,
-                               fetch_options=runtime.fetch, progress=runtime.progress, require_labels=base is None)
+                               fetch_options=runtime.fetch, progress=runtime.progress, require_labels=base is None,
+                               archive_limits=runtime.archive_limits, csv_limits=runtime.csv_limits)
         owned = True
     try:
         extractor = get_backbone(config.backbone, threads=runtime.threads, cache_dir=cache_root)

@@ -12,7 +12,8 @@ import pytest
 
 from photolabel import archives
 from photolabel.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
-from photolabel.errors import DataError, SourceNotFoundError, UnsafeArchiveError
+from photolabel.errors import ArchiveTooLargeError, DataError, SourceNotFoundError, UnsafeArchiveError
+from photolabel.limits import ArchiveLimits
 
 Members = list[tuple[str, bytes | None]]  # (name, data); data None means a folder
 
@@ -225,11 +226,14 @@ def test_size_cap(tmp_path: Path, dest: Path, name, writer) -> None:
     extract_archive(archive, dest, max_total_bytes=120)
 
 
-def test_size_cap_counts_the_bytes_written_not_the_declared_size(dest: Path) -> None:
-    # A member whose header understates its size is still stopped at the cap.
-    writer = archives._MemberWriter(Path("liar.zip"), dest, max_total_bytes=100, max_members=10)
-    with pytest.raises(DataError, match="liar.zip: more than 100 bytes"):
-        writer.write_file(("a", "1.jpg"), 10, lambda: io.BytesIO(b"z" * 500))
+def test_a_member_holding_more_than_it_declares_is_refused(dest: Path) -> None:
+    # The declared size is what the caps are checked against, so bytes beyond it are refused.
+    budget = archives._Budget("liar.zip", ArchiveLimits(max_total_bytes=100), compressed_size=50)
+    writer = archives._MemberWriter("liar.zip", dest, budget)
+    with pytest.raises(ArchiveTooLargeError, match="liar.zip: member 'a/1.jpg' holds more than the 10 bytes"):
+        writer.write_file(("a", "1.jpg"), 10, iter([b"z" * 500]))
+    writer.undo()
+    assert list(dest.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["junk.zip", "junk.tar.gz", "junk.tar", "junk.tgz"])
@@ -269,3 +273,156 @@ def test_existing_content_of_dest_is_left_alone_on_error(tmp_path: Path, dest: P
     with pytest.raises(UnsafeArchiveError):
         extract_archive(archive, dest)
     assert listing(dest) == ["keep.txt"]
+
+
+# --- what real tar writers produce is read by our own parser -------------------------------------------
+
+
+@pytest.mark.parametrize("form", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT],
+                         ids=["ustar", "gnu", "pax"])
+def test_long_and_non_ascii_names_in_every_tar_format(tmp_path: Path, dest: Path, form: int) -> None:
+    # ustar keeps a long name in its prefix field, GNU in an 'L' header, pax in a 'path' record
+    deep = "d" * 90 + "/" + "e" * 90 + "/1.jpg"
+    names = [deep, "a/2.jpg"] if form == tarfile.USTAR_FORMAT else [deep, "café/" + "é" * 120 + ".jpg", "a/2.jpg"]
+    path = tmp_path / "names.tar.gz"
+    with tarfile.open(path, "w:gz", format=form) as archive:
+        for index, name in enumerate(names):
+            info = tarfile.TarInfo(name)
+            info.size = index + 1
+            archive.addfile(info, io.BytesIO(b"x" * (index + 1)))
+    extract_archive(path, dest)
+    assert sorted(listing(dest)) == sorted({*names, *(str(Path(name).parent) for name in names),
+                                            str(Path(deep).parents[1])})
+    for index, name in enumerate(names):
+        assert (dest / name).read_bytes() == b"x" * (index + 1)
+
+
+def test_a_global_pax_header_as_git_archive_writes_is_fine(tmp_path: Path, dest: Path) -> None:
+    path = tmp_path / "git.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "0123abcd" * 5}) as archive:
+        info = tarfile.TarInfo("repo/a/1.jpg")
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"one"))
+    assert extract_archive(path, dest) == dest / "repo"
+    assert (dest / "repo" / "a" / "1.jpg").read_bytes() == b"one"
+
+
+@pytest.mark.parametrize("mode", ["w:bz2", "w:xz", "w:gz", "w"])
+def test_the_compression_is_found_by_content_not_by_name(tmp_path: Path, dest: Path, mode: str) -> None:
+    # as tarfile's "r:*" did: a .tar may be compressed, a .tar.gz may not be
+    for name in ("data.tar", "data.tar.gz"):
+        archive = write_tar(tmp_path / name, [("a/1.jpg", b"one")], mode)
+        extract_archive(archive, dest / name)
+        assert (dest / name / "a" / "1.jpg").read_bytes() == b"one"
+
+
+def test_an_old_style_folder_entry_is_a_folder(tmp_path: Path, dest: Path) -> None:
+    # V7 tar wrote folders as plain entries (type NUL) whose name ends in "/"
+    folder = tarfile.TarInfo("a/empty/")
+    folder.type = tarfile.AREGTYPE
+    archive = add_tar_special(tmp_path / "v7.tar.gz", [("a/1.jpg", b"1")], folder)
+    extract_archive(archive, dest)
+    assert (dest / "a" / "empty").is_dir()
+
+
+def test_a_name_that_is_not_utf8_is_kept_and_messages_stay_printable(tmp_path: Path, dest: Path) -> None:
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w", encoding="latin-1", format=tarfile.USTAR_FORMAT) as archive:
+        for name in ("a/caf\xe9.jpg", "b/caf\xe9/../../../x"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            archive.addfile(info, io.BytesIO(b"1"))
+    path = tmp_path / "latin1.tar"
+    path.write_bytes(body.getvalue())
+    with pytest.raises(UnsafeArchiveError) as caught:
+        extract_archive(path, dest)
+    message = str(caught.value)
+    assert "b/caf\\udce9/../../../x" in message
+    message.encode("utf-8")  # no lone surrogate: the message can be printed, logged, stored, sent as JSON
+    assert list(dest.iterdir()) == []
+    path.write_bytes(body.getvalue()[:1024] + bytes(1024))  # the first member alone: extracted as named
+    extract_archive(path, dest)
+    assert [entry.name.encode("utf-8", "surrogateescape") for entry in (dest / "a").iterdir()] == [b"caf\xe9.jpg"]
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"x" * 512, "wrong checksum"),
+    (b"\x00" * 1024, "it is empty"),
+    (b"", "it is empty"),
+], ids=["not-a-tar", "only-end-blocks", "zero-bytes"])
+def test_unreadable_tars_say_why(tmp_path: Path, dest: Path, body: bytes, words: str) -> None:
+    path = tmp_path / "x.tar"
+    path.write_bytes(body)
+    with pytest.raises(DataError, match=words):
+        extract_archive(path, dest)
+
+
+def test_truncated_inside_a_member_names_it(tmp_path: Path, dest: Path) -> None:
+    whole = write_tar(tmp_path / "whole.tar", [("a/1.jpg", b"1" * 2000), ("a/2.jpg", b"2" * 2000)], "w")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[:512 + 2000 + 48 + 512 + 100])
+    with pytest.raises(DataError, match="it ends in the middle of member 'a/2.jpg'"):
+        extract_archive(cut, dest)
+    assert list(dest.iterdir()) == []
+
+
+# --- caps: ratio, time, and what a refusal leaves ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "writer"), [FORMATS[0], FORMATS[3]])
+def test_compression_ratio_cap_above_its_floor(tmp_path: Path, dest: Path, name: str, writer) -> None:
+    if name.endswith(".zip"):
+        archive = tmp_path / name
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+            out.writestr("a/zeros.bmp", bytes(2 * 1024**2))
+    else:
+        archive = writer(tmp_path / name, [("a/zeros.bmp", bytes(2 * 1024**2))])
+    compressed = archive.stat().st_size
+    assert compressed < 20_000  # about 2 MiB / 10 KB: a ratio over 100
+    tight = ArchiveLimits(ratio_floor_bytes=1024**2)
+    with pytest.raises(ArchiveTooLargeError, match="expands to more than 100 times its own size") as caught:
+        extract_archive(archive, dest, limits=tight)
+    assert str(archive) in str(caught.value)
+    assert list(dest.iterdir()) == []
+    # below the floor (16 MiB by default) a very compressible archive is fine, and so is a higher ratio
+    extract_archive(archive, dest / "default")
+    extract_archive(archive, dest / "loose", limits=ArchiveLimits(ratio_floor_bytes=1024**2, max_ratio=10_000))
+    assert (dest / "loose" / "a" / "zeros.bmp").stat().st_size == 2 * 1024**2
+
+
+@pytest.mark.parametrize(("name", "writer"), [FORMATS[0], FORMATS[3]])
+def test_deadline(tmp_path: Path, dest: Path, name, writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = writer(tmp_path / name, [(f"a/{i}.jpg", bytes([i]) * 100) for i in range(20)])
+
+    class Clock:  # every look at the clock is 10 s later
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 10.0
+            return self.now
+
+    monkeypatch.setattr(archives, "time", Clock())
+    with pytest.raises(ArchiveTooLargeError, match="extracting took longer than 30 s, the limit") as caught:
+        extract_archive(archive, dest, limits=ArchiveLimits(deadline_s=30))
+    assert str(archive) in str(caught.value)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_refusal_removes_what_it_wrote_inside_existing_folders(tmp_path: Path, dest: Path) -> None:
+    (dest / "keep").mkdir()
+    (dest / "keep" / "mine.txt").write_text("mine")
+    archive = write_tar(tmp_path / "bad.tar.gz", [("keep/new.jpg", b"1"), ("keep/sub/2.jpg", b"2"),
+                                                  ("/etc/evil", b"3")])
+    with pytest.raises(UnsafeArchiveError):
+        extract_archive(archive, dest)
+    assert listing(dest) == ["keep", "keep/mine.txt"]
+
+
+def test_limits_are_checked() -> None:
+    from photolabel.errors import ConfigError
+
+    for field, value in [("max_total_bytes", 0), ("max_members", -1), ("max_ratio", 0.5), ("deadline_s", 0),
+                         ("max_ratio", float("nan")), ("max_header_bytes", True)]:
+        with pytest.raises(ConfigError) as caught:
+            ArchiveLimits(**{field: value})
+        assert caught.value.field == field

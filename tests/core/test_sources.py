@@ -18,6 +18,8 @@ from PIL import Image
 from support import closed_port, serve_http
 
 from photolabel.errors import (
+    ArchiveTooLargeError,
+    CsvLimitError,
     DataError,
     FetchError,
     HashMismatchError,
@@ -25,7 +27,8 @@ from photolabel.errors import (
     UnsafeArchiveError,
 )
 from photolabel.fetch import FetchOptions
-from photolabel.sources import IMAGE_SUFFIXES, expand_image_args, load_dataset, read_image_source
+from photolabel.limits import ArchiveLimits, CsvLimits
+from photolabel.sources import IMAGE_SUFFIXES, check_manifest, expand_image_args, load_dataset, read_image_source
 
 FASHION_TINY = Path("/work/shared/datasets/fashion-tiny")
 _counter = iter(range(1, 1_000_000))
@@ -747,3 +750,97 @@ def test_read_image_source(tmp_path: Path, http_files, closed_port: int) -> None
         read_image_source("ftp://example.com/a.png", FetchOptions())
     with pytest.raises(DataError, match="is a folder"):
         read_image_source(str(tmp_path), FetchOptions())
+
+
+# --- limits: CSV rows and cells, archive caps --------------------------------------------------------
+
+
+def test_csv_row_cap_names_the_first_line_over_it(tmp_path: Path) -> None:
+    folder, _ = csv_dataset(tmp_path, {"cat": 2, "dog": 1})
+    manifest = folder / "m.csv"
+    manifest.write_text("image,label\ncat/0.png,cat\n\ncat/1.png,cat\ndog/0.png,dog\n")
+    with pytest.raises(CsvLimitError) as caught:
+        load_dataset(manifest, csv_limits=CsvLimits(max_rows=2))
+    assert str(caught.value) == f"{manifest} line 5: more rows than the limit of 2; split the manifest"
+    assert isinstance(caught.value, DataError)
+    assert len(load_dataset(manifest, csv_limits=CsvLimits(max_rows=3)).records) == 3  # header, blanks not counted
+
+
+@pytest.mark.parametrize(("row", "cell"), [
+    ("cat/{long}.png,cat", "image cell"), ("cat/0.png,{long}", "label cell"), ("cat/0.png,cat,{long}", "sha1 cell"),
+    ('"cat/0.png","cat","","{long}"', "cell 4"), ("cat/0.png,é{long}", "label cell"),
+])
+def test_csv_cell_cap_names_line_and_cell(tmp_path: Path, row: str, cell: str) -> None:
+    folder, _ = csv_dataset(tmp_path, {"cat": 1, "dog": 1})
+    manifest = folder / "m.csv"
+    manifest.write_text("dog/0.png,dog\n" + row.format(long="x" * 100) + "\n", encoding="utf-8")
+    with pytest.raises(CsvLimitError, match=f"m.csv line 2: the {cell} holds 1\\d\\d bytes, over the limit of 64"):
+        load_dataset(manifest, csv_limits=CsvLimits(max_field_bytes=64))
+
+
+def test_csv_module_field_limit_is_our_error(tmp_path: Path) -> None:
+    # a quoted cell longer than csv's own cap (131072 characters) is one of our errors, not csv.Error
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('dog/0.png,dog\n"' + "x\n" * 70_000 + '",cat\n')
+    with pytest.raises(CsvLimitError, match="m.csv line .*: a cell holds more than 8192 bytes"):
+        load_dataset(manifest)
+
+
+def test_csv_line_numbers_of_header_only_and_bad_bytes(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n\nimage,label\n\n")
+    with pytest.raises(DataError, match="m.csv: no rows after the header on line 3"):
+        load_dataset(manifest)
+    manifest.write_bytes(b"a.png,cat\nb.png,dog\nc\xff.png,cat\n")
+    with pytest.raises(DataError, match="m.csv line 3: not UTF-8 text"):
+        load_dataset(manifest)
+
+
+def test_csv_with_old_mac_line_ends_and_a_bom(tmp_path: Path) -> None:
+    folder, _ = csv_dataset(tmp_path, {"cat": 1, "dog": 1})
+    manifest = folder / "m.csv"
+    manifest.write_bytes(b"\xef\xbb\xbfimage,label\rcat/0.png,cat\rdog/0.png,dog\r")
+    assert [r.source for r in load_dataset(manifest).records] == ["cat/0.png", "dog/0.png"]
+    manifest.write_bytes(b"image,label\rcat/0.png,cat\r\rdog/0.png\r")
+    with pytest.raises(DataError, match="m.csv line 4: expected image,label"):
+        load_dataset(manifest)
+
+
+def test_check_manifest_reads_like_the_job_fetching_nothing(tmp_path: Path) -> None:
+    manifest = tmp_path / "upload.csv"
+    manifest.write_text("image_url,label\nhttps://example.com/a.jpg,cat\nhttp://example.com/b.jpg,dog\n")
+    assert check_manifest(manifest, urls_only="upload") == 2
+    manifest.write_text("https://example.com/a.jpg,cat\nimages/b.jpg,dog\n")
+    with pytest.raises(DataError, match="^data.csv line 2: images/b.jpg: this manifest may only list http"):
+        check_manifest(manifest, urls_only="upload", shown="data.csv")
+    # relative rows resolve against a CSV that came from a URL
+    assert check_manifest(manifest, urls_only="https://example.com/train.csv") == 2
+    with pytest.raises(DataError, match="line 2: label 'dog' is not one of the classes 'cat'"):
+        check_manifest(manifest, urls_only="https://example.com/train.csv", classes=["cat"])
+    with pytest.raises(CsvLimitError, match="line 2: more rows than the limit of 1"):
+        check_manifest(manifest, urls_only="https://example.com/train.csv", csv_limits=CsvLimits(max_rows=1))
+    for content in ("", "image,label\n"):
+        manifest.write_text(content)
+        with pytest.raises(DataError, match="no rows"):
+            check_manifest(manifest, urls_only="upload")
+
+
+def test_archive_limits_reach_the_extraction(tmp_path: Path, temp_root: Path) -> None:
+    make_label_folders(tmp_path / "src", {"cat": 2, "dog": 2})
+    archive = pack(tmp_path / "src", tmp_path / "d.tar.gz", None)
+    with pytest.raises(ArchiveTooLargeError, match="d.tar.gz: more than 3 members"):
+        load_dataset(archive, archive_limits=ArchiveLimits(max_members=3))
+    assert photolabel_temp_dirs(temp_root) == []
+    assert len(load_dataset(archive, archive_limits=ArchiveLimits(max_members=4)).records) == 4
+
+
+def test_limits_come_from_the_runtime_when_training(tmp_path: Path) -> None:
+    import photolabel
+    from photolabel.config import Runtime
+
+    folder, _ = csv_dataset(tmp_path, {"cat": 2, "dog": 2})
+    manifest = folder / "m.csv"
+    manifest.write_text("cat/0.png,cat\ncat/1.png,cat\ndog/0.png,dog\ndog/1.png,dog\n")
+    with pytest.raises(CsvLimitError, match="m.csv line 4: more rows than the limit of 3"):
+        photolabel.train(manifest, tmp_path / "model", runtime=Runtime(csv_limits=CsvLimits(max_rows=3)))
+    assert not (tmp_path / "model").exists()

@@ -22,6 +22,7 @@ from photolabel.adapters.http.store import Job, ModelRecord, Registry, utc_now
 from photolabel.config import TRAIN_DEFAULTS, Runtime, TrainConfig
 from photolabel.errors import UnknownNameError
 from photolabel.fetch import FetchOptions
+from photolabel.limits import ArchiveLimits, CsvLimits
 
 TRAIN_KIND = "train"
 
@@ -92,6 +93,8 @@ class TrainSpec:
     rows may then only be remote URLs (see :func:`photolabel.sources.load_dataset`).
     ``config`` is the :class:`~photolabel.config.TrainConfig` as a dict (checked when the
     request was taken). ``model_uri`` is the seed API's ``model.uri``, recorded only.
+    ``data_limits`` holds the service's archive and CSV limits when the request was taken
+    (``{"archive": {...}, "csv": {...}}``, fields of :mod:`photolabel.limits`; None: the defaults).
     """
 
     data: str
@@ -99,9 +102,15 @@ class TrainSpec:
     urls_only: str | None = None
     model_uri: str | None = None
     skip_bad: bool = False
+    data_limits: dict[str, Any] | None = None
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.config)
+
+    def limits(self) -> tuple[ArchiveLimits, CsvLimits]:
+        """The archive and CSV limits this job reads its data with."""
+        given = self.data_limits or {}
+        return (_limits(ArchiveLimits, given.get("archive")), _limits(CsvLimits, given.get("csv")))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +126,11 @@ class TrainSpec:
                     if spec.get(key) is not None}
             values["config"] = TrainConfig(**flat).to_dict()  # a new training: today's defaults for the rest
         return cls(**values)
+
+
+def _limits(cls: Any, values: Any) -> Any:
+    known = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in (values or {}).items() if key in known})
 
 
 def model_dir_for(data_dir: str | Path, job_id: str) -> Path:
@@ -139,10 +153,13 @@ def train_job(context: JobContext) -> ModelRecord:
     spec = TrainSpec.from_dict(context.job.spec)
     context.progress("loading", 0.0)
     config = spec.train_config()
+    archive_limits, csv_limits = spec.limits()
     runtime = Runtime(threads=context.threads, cache_dir=context.cache_dir, fetch=context.fetch_options,
-                      tensorboard_dir=tensorboard_dir_for(context.data_dir, job_id) if context.tensorboard else None)
+                      tensorboard_dir=tensorboard_dir_for(context.data_dir, job_id) if context.tensorboard else None,
+                      archive_limits=archive_limits, csv_limits=csv_limits)
     dataset = load_dataset(spec.data, classes=config.classes, skip_bad=spec.skip_bad,
-                           fetch_options=context.fetch_options, urls_only=spec.urls_only)
+                           fetch_options=context.fetch_options, urls_only=spec.urls_only,
+                           archive_limits=archive_limits, csv_limits=csv_limits)
     try:
         result = train(dataset, model_dir_for(context.data_dir, job_id), config, runtime, skip_bad=spec.skip_bad,
                        on_progress=context.progress)

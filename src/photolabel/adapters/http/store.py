@@ -5,6 +5,12 @@ The file is opened in WAL mode with a 10 s busy timeout, one connection per thre
 processes that write progress can all use it at once. Every change that reads
 before it writes runs in a ``BEGIN IMMEDIATE`` transaction, which makes it atomic
 across threads and processes. Times are ISO-8601 UTC strings with microseconds.
+
+Idempotency keys (the ``Idempotency-Key`` header of a request that creates a job) are kept
+with a fingerprint of the request they came with and the job it made: the same key with the
+same request finds that job again; with another request it is refused
+(:class:`IdempotencyKeyReused`). The schema is created with ``IF NOT EXISTS``, so a database
+written by an older version gains the table when it is opened.
 """
 
 from __future__ import annotations
@@ -44,6 +50,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
 CREATE TABLE IF NOT EXISTS models (
     model_id    TEXT PRIMARY KEY,
     job_id      TEXT,
@@ -104,6 +118,25 @@ class Job:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """An ``Idempotency-Key`` as stored: ``scope`` names the route (``POST /v1/train``), ``fingerprint`` is
+    the sha256 of the request's canonical form."""
+
+    scope: str
+    key: str
+    fingerprint: str
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was first sent with another request (another fingerprint); ``job_id`` is the job it made then."""
+
+    def __init__(self, key: IdempotencyKey, job_id: str) -> None:
+        super().__init__(f"idempotency key {key.key!r} was used with another request for {key.scope}")
+        self.key = key
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -179,19 +212,33 @@ class Registry:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, job_id: str, kind: str, spec: dict[str, Any]) -> tuple[Job, bool]:
+    def create_job(self, job_id: str, kind: str, spec: dict[str, Any], *,
+                   idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
         """Queue a new job, or find the one with this id: ``(job, created)``.
 
-        Atomic: of any number of concurrent calls with one id, exactly one creates it.
+        With ``idempotency``, a key already stored with the same fingerprint gives the job it made
+        (not created); with another fingerprint it raises :class:`IdempotencyKeyReused`. Otherwise the
+        key is stored with ``job_id``, in the same transaction. Atomic: of any number of concurrent
+        calls with one id (or one key), exactly one creates the job.
         """
         now = utc_now()
         with self._write() as conn:
+            if idempotency is not None:
+                earlier = self._idempotent_job(conn, idempotency)
+                if earlier is not None:
+                    return earlier, False
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO jobs (job_id, kind, status, stage, progress, spec, attempts, "
                 "created_at, updated_at) VALUES (?, ?, 'queued', 'queued', 0.0, ?, 0, ?, ?)",
                 (job_id, kind, json.dumps(spec, sort_keys=True), now, now),
             )
             created = cursor.rowcount == 1
+            if idempotency is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (idempotency.scope, idempotency.key, idempotency.fingerprint, job_id, now),
+                )
             job = self._get_job(conn, job_id)
         if job is None:  # cannot happen: inserted or already there, inside one transaction
             raise RuntimeError(f"job {job_id} vanished while it was being created")
@@ -199,6 +246,39 @@ class Registry:
 
     def get_job(self, job_id: str) -> Job | None:
         return self._get_job(self._conn(), job_id)
+
+    def find_idempotent_job(self, idempotency: IdempotencyKey) -> Job | None:
+        """The job an earlier request with this key made, or None for a new key.
+
+        Raises :class:`IdempotencyKeyReused` when the key came with another request (fingerprint).
+        """
+        return self._idempotent_job(self._conn(), idempotency)
+
+    def remember_idempotency_key(self, idempotency: IdempotencyKey, job_id: str) -> Job | None:
+        """Bind a key to a job that already existed (a request that found it); returns the job the key names.
+
+        A key already bound with the same fingerprint keeps its job; with another it raises
+        :class:`IdempotencyKeyReused`.
+        """
+        with self._write() as conn:
+            earlier = self._idempotent_job(conn, idempotency)
+            if earlier is not None:
+                return earlier
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (idempotency.scope, idempotency.key, idempotency.fingerprint, job_id, utc_now()),
+            )
+            return self._get_job(conn, job_id)
+
+    def _idempotent_job(self, conn: sqlite3.Connection, idempotency: IdempotencyKey) -> Job | None:
+        row = conn.execute("SELECT fingerprint, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
+                           (idempotency.scope, idempotency.key)).fetchone()
+        if row is None:
+            return None
+        if row["fingerprint"] != idempotency.fingerprint:
+            raise IdempotencyKeyReused(idempotency, row["job_id"])
+        return self._get_job(conn, row["job_id"])
 
     def list_jobs(self, limit: int = 100) -> list[Job]:
         """The newest ``limit`` jobs, newest first."""

@@ -1,5 +1,8 @@
 """The static-transfer-learning service's API, with its exact request and response shapes:
 ``POST /train`` on a CSV of image URLs (repeat it to follow the job) and ``POST /infer`` on one image URL.
+
+``POST /train`` checks the CSV when it is fetched, before any job exists (see :mod:`.training`), and
+takes an ``Idempotency-Key`` header as ``POST /v1/train`` does (the request's canonical form is its JSON body).
 """
 
 from __future__ import annotations
@@ -16,16 +19,28 @@ from photolabel.adapters.http.deps import ServiceDep, resolve_model
 from photolabel.adapters.http.errors import Sha1MismatchError
 from photolabel.adapters.http.job_kinds import TRAIN_KIND, TrainSpec
 from photolabel.adapters.http.predicting import predict_one
+from photolabel.adapters.http.routes.training import (
+    IdempotencyKeyHeader,
+    check_upload_manifest,
+    create_job_once,
+    data_limits,
+    find_idempotent_job,
+    idempotency_key,
+    remember_idempotency_key,
+)
 from photolabel.adapters.http.schemas import InferRequest, TrainRequest, TrainStatus, error_responses
 from photolabel.adapters.http.store import Job
 from photolabel.config import TRAIN_DEFAULTS, TrainConfig
 from photolabel.embedding import ImageInput
+from photolabel.errors import CsvTooLargeError, FetchTooLargeError, PhotolabelError
 from photolabel.fsutil import atomic_write_bytes
 from photolabel.hashing import canonical_json, sha1_bytes
 
 logger = logging.getLogger("photolabel.http")
 
 router = APIRouter(tags=["static-transfer-learning"])
+
+SEED_TRAIN_SCOPE = "POST /train"
 
 
 def seed_model_sha1(csv_sha1: str, config: TrainConfig) -> str:
@@ -45,11 +60,18 @@ def _seed_status(job: Job) -> dict[str, Any]:
 @router.post("/train", response_model=TrainStatus, response_model_exclude_none=True,
              responses=error_responses(400, 413, 422),
              summary="Train a model on a CSV of image URLs (static-transfer-learning)")
-async def train_from_csv(body: TrainRequest, service: ServiceDep) -> dict[str, Any]:
+async def train_from_csv(body: TrainRequest, service: ServiceDep,
+                         idempotency_key_header: IdempotencyKeyHeader = None) -> dict[str, Any]:
     """Start training, or report on it. Repeat the same request to follow it:
     `new` → `in_progress` → `ready` (or `error`). The CSV is fetched only the first time;
-    its sha1 must match `csv.sha1`, and its rows may only be http(s) URLs."""
+    its sha1 must match `csv.sha1`, and its rows may only be http(s) URLs. A CSV that is empty, has a
+    header only or a malformed row is refused at once (400 `bad_csv`), one over MAX_CSV_ROWS or
+    MAX_CSV_FIELD_BYTES too (413 `csv_over_limit`), the line named."""
     settings = service.settings
+    idempotency = idempotency_key(idempotency_key_header, SEED_TRAIN_SCOPE, body.model_dump(mode="json"))
+    earlier = await run_in_threadpool(find_idempotent_job, service.registry, idempotency)
+    if earlier is not None:
+        return _seed_status(earlier)
     seed = body.metadata.random_seed if body.metadata.random_seed is not None else settings.random_seed
     # the seed API trains the default head, with EPOCHS and BATCH_SIZE if that head is trained in epochs
     config = TrainConfig(seed=seed, valid_fraction=settings.valid_fraction,
@@ -59,22 +81,34 @@ async def train_from_csv(body: TrainRequest, service: ServiceDep) -> dict[str, A
     model_sha1 = seed_model_sha1(csv_sha1, config)
     job = await run_in_threadpool(service.registry.get_job, model_sha1)
     if job is not None:
+        if idempotency is not None:
+            job = await run_in_threadpool(remember_idempotency_key, service.registry, idempotency, model_sha1) or job
         return _seed_status(job)
-    data = await run_in_threadpool(service.fetch, body.csv.url)
+    try:
+        data = await run_in_threadpool(service.fetch, body.csv.url)
+    except FetchTooLargeError as exc:
+        raise CsvTooLargeError(f"csv.url: {exc}") from None
     found = sha1_bytes(data)
     if found != csv_sha1:
         raise Sha1MismatchError(f"csv.url {body.csv.url}: the file's sha1 is {found}, but the request says "
                                 f"{csv_sha1}; fix csv.sha1 or the file")
     path = service.uploads / f"{csv_sha1}.csv"
     spec = TrainSpec(data=str(path), config=config.to_dict(), urls_only=body.csv.url,
-                     model_uri=body.model.uri or None, skip_bad=False)
+                     model_uri=body.model.uri or None, skip_bad=False, data_limits=data_limits(settings))
 
-    def save_and_create() -> tuple[Job, bool]:
+    def save_check_and_create() -> tuple[Job, bool]:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
         atomic_write_bytes(path, data)
-        return service.registry.create_job(model_sha1, TRAIN_KIND, asdict(spec))
+        try:
+            check_upload_manifest(path, body.csv.url, settings, urls_only=body.csv.url, classes=None)
+        except PhotolabelError:
+            if fresh:  # a refused CSV leaves no file behind
+                path.unlink(missing_ok=True)
+            raise
+        return create_job_once(service.registry, model_sha1, TRAIN_KIND, asdict(spec), idempotency)
 
-    job, created = await run_in_threadpool(save_and_create)
+    job, created = await run_in_threadpool(save_check_and_create)
     if not created:
         return _seed_status(job)
     service.runner.submit(model_sha1)

@@ -1,5 +1,11 @@
 """Training and jobs under ``/v1``: ``POST /v1/train`` (an archive or CSV upload), ``GET /v1/jobs``,
 ``GET /v1/jobs/{job_id}`` and ``POST /v1/jobs/{job_id}/retry``.
+
+An uploaded CSV is checked when it arrives (empty, header only, malformed rows: 400; over MAX_CSV_ROWS or
+MAX_CSV_FIELD_BYTES: 413, the line named), so that it never becomes a job that fails later. A request that
+creates a job may carry an ``Idempotency-Key`` header: the same key with the same request (the upload's
+sha256 and the form fields) finds the job it made; with another request it is refused with 422
+``idempotency_key_reused``, as the IETF draft "The Idempotency-Key HTTP Header Field" says.
 """
 
 from __future__ import annotations
@@ -13,24 +19,111 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from photolabel.adapters.http.deps import Service, ServiceDep
-from photolabel.adapters.http.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from photolabel.adapters.http.errors import (
+    BadCsvError,
+    BadIdempotencyKeyError,
+    IdempotencyKeyReusedError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from photolabel.adapters.http.job_kinds import TRAIN_KIND, TrainSpec
 from photolabel.adapters.http.schemas import JobCreated, JobId, JobList, JobView, error_responses
+from photolabel.adapters.http.settings import ServiceSettings
+from photolabel.adapters.http.store import IdempotencyKey, IdempotencyKeyReused, Job, Registry
 from photolabel.archives import ARCHIVE_SUFFIXES
 from photolabel.config import TRAIN_DEFAULTS, TrainConfig
 from photolabel.dataset import parse_label_list
-from photolabel.errors import DataError
+from photolabel.errors import CsvLimitError, DataError
 from photolabel.hashing import canonical_json
+from photolabel.sources import check_manifest
 
 logger = logging.getLogger("photolabel.http")
 
 router = APIRouter(prefix="/v1", tags=["training"])
 
 _COPY_CHUNK = 1 << 20
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+TRAIN_SCOPE = "POST /v1/train"
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key",
+           description="Any string of 1 to 255 printable ASCII characters (a UUID, say), quoted or not. The "
+                       "same key with the same request answers the job it made (200); with another request: 422 "
+                       "`idempotency_key_reused`."),
+]
+
+
+def idempotency_key(value: str | None, scope: str, request: dict[str, Any]) -> IdempotencyKey | None:
+    """The request's ``Idempotency-Key`` (None without one), with the fingerprint of ``request`` (its canonical form).
+
+    Raises :class:`BadIdempotencyKeyError` for an empty or overlong key, or one with other than printable ASCII.
+    """
+    if value is None:
+        return None
+    key = value.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':  # the draft's form: a quoted structured-field string
+        key = key[1:-1]
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not all(" " <= char <= "~" for char in key):
+        raise BadIdempotencyKeyError(f"Idempotency-Key: expected 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII "
+                                     f"characters, got {len(key)} characters{'' if key.isascii() else ', not ASCII'}")
+    return IdempotencyKey(scope=scope, key=key, fingerprint=hashlib.sha256(canonical_json(request)).hexdigest())
+
+
+def create_job_once(registry: Registry, job_id: str, kind: str, spec: dict[str, Any],
+                    idempotency: IdempotencyKey | None) -> tuple[Job, bool]:
+    """``registry.create_job`` with the request's idempotency key; a key reused with another request is a 422."""
+    try:
+        return registry.create_job(job_id, kind, spec, idempotency=idempotency)
+    except IdempotencyKeyReused as exc:
+        raise _key_reused(exc) from None
+
+
+def find_idempotent_job(registry: Registry, idempotency: IdempotencyKey | None) -> Job | None:
+    """The job an earlier request with the same key and the same content made (None: none, or no key)."""
+    if idempotency is None:
+        return None
+    try:
+        return registry.find_idempotent_job(idempotency)
+    except IdempotencyKeyReused as exc:
+        raise _key_reused(exc) from None
+
+
+def remember_idempotency_key(registry: Registry, idempotency: IdempotencyKey, job_id: str) -> Job | None:
+    """Bind the request's key to a job it found already made; a key reused with another request is a 422."""
+    try:
+        return registry.remember_idempotency_key(idempotency, job_id)
+    except IdempotencyKeyReused as exc:
+        raise _key_reused(exc) from None
+
+
+def _key_reused(exc: IdempotencyKeyReused) -> IdempotencyKeyReusedError:
+    return IdempotencyKeyReusedError(
+        f"Idempotency-Key {exc.key.key!r} was first sent with another request to {exc.key.scope} (it made job "
+        f"{exc.job_id}); use a new key for a new request")
+
+
+def data_limits(settings: ServiceSettings) -> dict[str, Any]:
+    """The archive and CSV limits a training job reads its data with (a TrainSpec's ``data_limits``)."""
+    return {"archive": asdict(settings.archive_limits()), "csv": asdict(settings.csv_limits())}
+
+
+def check_upload_manifest(path: Path, shown: str, settings: ServiceSettings, *, urls_only: str,
+                          classes: tuple[str, ...] | None) -> int:
+    """Check a CSV manifest (named ``shown``) as its job will read it: a malformed one is a 400, one over a
+    limit a 413 (the line named); returns its rows."""
+    try:
+        return check_manifest(path, urls_only=urls_only, classes=classes, csv_limits=settings.csv_limits(),
+                              shown=shown)
+    except CsvLimitError:
+        raise
+    except DataError as exc:
+        raise BadCsvError(str(exc)) from None
 
 
 def upload_job_id(upload_sha256: str, spec: TrainSpec) -> str:
@@ -39,8 +132,9 @@ def upload_job_id(upload_sha256: str, spec: TrainSpec) -> str:
     return hashlib.sha1(canonical_json(params)).hexdigest()
 
 
-def _save_upload(source: IO[bytes], folder: Path, suffix: str, max_bytes: int) -> tuple[Path, str, int]:
-    """Copy an upload into ``folder/<sha256><suffix>`` (atomically); returns (path, sha256, size)."""
+def _save_upload(source: IO[bytes], folder: Path, suffix: str, max_bytes: int) -> tuple[Path, str, int, bool]:
+    """Copy an upload into ``folder/<sha256><suffix>`` (atomically); returns (path, sha256, size, whether the
+    file is new: no earlier upload had these bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
@@ -54,11 +148,12 @@ def _save_upload(source: IO[bytes], folder: Path, suffix: str, max_bytes: int) -
                 digest.update(chunk)
                 out.write(chunk)
         target = folder / f"{digest.hexdigest()}{suffix}"
+        fresh = not target.exists()
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    return target, digest.hexdigest(), size
+    return target, digest.hexdigest(), size, fresh
 
 
 def _upload_suffix(filename: str) -> str:
@@ -117,8 +212,9 @@ def _max_per_label(value: str | None, data_limit: int) -> int | None:
 
 
 @router.post("/train", status_code=202, response_model=JobCreated, response_model_exclude_none=True,
-             responses={200: {"model": JobCreated, "description": "The same upload and parameters: the existing job."},
-                        **error_responses(413, 422)},
+             responses={200: {"model": JobCreated, "description": "The same upload and parameters (or the same "
+                                                                  "Idempotency-Key and request): the existing job."},
+                        **error_responses(400, 413, 422)},
              summary="Train a model on an uploaded archive or CSV")
 async def train_upload(
     service: ServiceDep,
@@ -155,23 +251,50 @@ async def train_upload(
                                            "training images.")] = TRAIN_DEFAULTS.tune,
     preset: Annotated[str | None, Form(description="'best': choose the head too, searching every head's grid "
                                                    "as tune does.")] = TRAIN_DEFAULTS.preset,
+    idempotency_key_header: IdempotencyKeyHeader = None,
 ) -> dict[str, Any]:
     """Queue a training job (202), or find the job already made from the same bytes and parameters (200).
-    Follow it with `GET /v1/jobs/{job_id}`."""
+    Follow it with `GET /v1/jobs/{job_id}`. An uploaded CSV is checked at once: empty, header only or a
+    malformed row: 400 `bad_csv`; over MAX_CSV_ROWS or MAX_CSV_FIELD_BYTES: 413 `csv_over_limit`."""
     settings = service.settings
+    form = {"seed": seed, "backbone": backbone, "head": head, "head_params": head_params,
+            "valid_fraction": valid_fraction, "classes": classes, "augment": augment, "finetune": finetune,
+            "skip_bad": skip_bad, "calibrate": calibrate, "unknown": unknown, "max_per_label": max_per_label,
+            "balance": balance, "tune": tune, "preset": preset}
+    idempotency_key(idempotency_key_header, TRAIN_SCOPE, {})  # a malformed key is refused before the upload is read
     suffix = _upload_suffix(data.filename or "")
     config = _train_config(service, seed=seed, backbone=backbone, head=head, head_params=head_params,
                            valid_fraction=valid_fraction, classes=classes, augment=augment, finetune=finetune,
                            calibrate=calibrate, unknown=unknown, max_per_label=max_per_label, balance=balance,
                            tune=tune, preset=preset)
-    path, sha256, size = await run_in_threadpool(_save_upload, data.file, service.uploads, suffix,
-                                                 settings.max_train_upload_bytes)
-    if size == 0:
-        raise InvalidRequestError(f"data: {data.filename} is empty", code="bad_upload")
-    spec = TrainSpec(data=str(path), config=config.to_dict(), urls_only="upload" if suffix == ".csv" else None,
-                     model_uri=None, skip_bad=skip_bad)
-    job_id = upload_job_id(sha256, spec)
-    job, created = await run_in_threadpool(service.registry.create_job, job_id, TRAIN_KIND, asdict(spec))
+    path, sha256, size, fresh = await run_in_threadpool(_save_upload, data.file, service.uploads, suffix,
+                                                        settings.max_train_upload_bytes)
+    # the request's canonical form: what was uploaded (its bytes, as what kind of file) and the form fields
+    idempotency = idempotency_key(idempotency_key_header, TRAIN_SCOPE, {
+        "upload_sha256": sha256, "upload_kind": suffix,
+        "form": {name: value for name, value in form.items() if value is not None}})
+    try:
+        earlier = await run_in_threadpool(find_idempotent_job, service.registry, idempotency)
+        if earlier is not None:
+            response.status_code = 200
+            return {"job_id": earlier.job_id, "model_sha1": earlier.job_id, "status": earlier.status,
+                    "model_id": earlier.model_id}
+        if suffix == ".csv":
+            if size == 0:
+                raise BadCsvError(f"data: {data.filename} is empty; expected lines of image_url,label[,sha1]")
+            await run_in_threadpool(check_upload_manifest, path, data.filename or "the upload", settings,
+                                    urls_only="upload", classes=config.classes)
+        elif size == 0:
+            raise InvalidRequestError(f"data: {data.filename} is empty", code="bad_upload")
+        spec = TrainSpec(data=str(path), config=config.to_dict(), urls_only="upload" if suffix == ".csv" else None,
+                         model_uri=None, skip_bad=skip_bad, data_limits=data_limits(settings))
+        job_id = upload_job_id(sha256, spec)
+        job, created = await run_in_threadpool(create_job_once, service.registry, job_id, TRAIN_KIND, asdict(spec),
+                                               idempotency)
+    except (BadCsvError, CsvLimitError, InvalidRequestError):
+        if fresh:  # bytes refused for what they are: no job uses them, so no file is left behind
+            path.unlink(missing_ok=True)
+        raise
     if created:
         service.runner.submit(job_id)
         logger.info("job %s: queued from upload %s (%d bytes)", job_id, data.filename, size)
