@@ -7,10 +7,14 @@ whose one-line message names the URL and the cause. Callers reach it through
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import http.client
 import ipaddress
+import itertools
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from photolabel.errors import FetchError, FetchTooLargeError
+from photolabel.errors import FetchError, FetchTooLargeError, UnsupportedSchemeError, UrlBlockedError
 from photolabel.progress import progress_bar
 
 _CHUNK = 1 << 16
@@ -36,7 +40,10 @@ _Result = TypeVar("_Result")
 class FetchOptions:
     """Limits for fetching URLs. Adapters fill these from HTTP_TIMEOUT and DOWNLOAD_POOL_SIZE.
 
-    ``timeout`` bounds each socket operation and the whole download of one response.
+    ``timeout`` is one deadline for the whole fetch: connecting, the TLS handshake, the
+    status line, the headers and the body, on every redirect hop (name lookups keep the
+    system resolver's own timeouts). A server that sends its headers one byte at a time is
+    cut at the deadline like any other.
     ``allow_private=False`` (the HTTP service) refuses hosts that resolve to private,
     loopback, link-local, multicast or reserved addresses, on every redirect hop; the
     check is made on the address actually connected to, and environment proxies are
@@ -72,16 +79,36 @@ class _TooLarge(_Refused):
     """A body over the cap."""
 
 
+class _Blocked(_Refused):
+    """A host that resolves to an address the options do not allow (private, loopback, ...)."""
+
+
+class _BadScheme(_Refused):
+    """A URL (or a redirect) to another scheme than http(s)."""
+
+
+class _TimedOut(_Refused):
+    """The fetch's deadline passed."""
+
+
 def fetch_url(url: str, options: FetchOptions = DEFAULT_FETCH_OPTIONS) -> bytes:
     """The body of an http(s) URL.
 
     Raises :class:`FetchError` for an unsupported scheme, an HTTP error status, a
-    timeout, a refused or failed connection, a body over ``options.max_bytes``, more
+    timeout (``options.timeout`` bounds the whole fetch, connection and headers
+    included), a refused or failed connection, a body over ``options.max_bytes``, more
     than ``options.max_redirects`` redirects, or (with ``allow_private=False``) a host
     that resolves to a non-public address.
     """
+    deadline = _Deadline(options.timeout)
     try:
-        return _fetch(url, options)
+        try:
+            body = _fetch(url, options, deadline)
+        finally:
+            deadline.finish()
+        if not deadline.expired:
+            return body
+        cause, error = _timed_out(options), _TimedOut()
     except urllib.error.HTTPError as exc:
         exc.close()
         reason = " ".join(str(exc.reason).split())
@@ -90,8 +117,15 @@ def fetch_url(url: str, options: FetchOptions = DEFAULT_FETCH_OPTIONS) -> bytes:
         cause, error = _describe(exc.reason, options), exc
     except (OSError, http.client.HTTPException, ValueError) as exc:
         cause, error = _describe(exc, options), exc
-    too_large = isinstance(error, _TooLarge) or isinstance(getattr(error, "reason", None), _TooLarge)
-    raise (FetchTooLargeError if too_large else FetchError)(f"cannot fetch {url}: {cause}") from error
+    if deadline.expired:  # whatever broke when the deadline closed the socket, the cause is the deadline
+        cause = _timed_out(options)
+    why = getattr(error, "reason", None)
+    kind: type[FetchError] = FetchError
+    for refusal, error_class in ((_TooLarge, FetchTooLargeError), (_Blocked, UrlBlockedError),
+                                 (_BadScheme, UnsupportedSchemeError)):
+        if isinstance(error, refusal) or isinstance(why, refusal):
+            kind = error_class
+    raise kind(f"cannot fetch {url}: {cause}") from error
 
 
 def fetch_each(
@@ -149,11 +183,11 @@ def _fetch_or_error(url: str, options: FetchOptions) -> bytes | FetchError:
         return exc
 
 
-def _fetch(url: str, options: FetchOptions) -> bytes:
+def _fetch(url: str, options: FetchOptions, deadline: _Deadline) -> bytes:
     _check_scheme(url)
-    opener = _build_opener(options)
+    opener = _build_opener(options, deadline)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
-    deadline = time.monotonic() + options.timeout
+    _WATCHDOG.add(deadline)
     with opener.open(request, timeout=options.timeout) as response:
         declared = response.headers.get("Content-Length", "").strip()
         if declared.isdigit() and int(declared) > options.max_bytes:
@@ -165,26 +199,117 @@ def _fetch(url: str, options: FetchOptions) -> bytes:
             received += len(chunk)
             if received > options.max_bytes:
                 raise _TooLarge(f"response is over the cap of {options.max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise _Refused(f"timed out after {options.timeout:g} s")
+            deadline.check()
             chunks.append(chunk)
+        deadline.check()
+        if getattr(response, "length", None):  # read1 ends quietly when the server closes early
+            raise http.client.IncompleteRead(b"".join(chunks), response.length)
     return b"".join(chunks)
+
+
+class _Deadline:
+    """One fetch's deadline, ``seconds`` from now, over every connection it opens.
+
+    Each connection takes the time left as its socket timeout (so connecting and the TLS
+    handshake end by the deadline), and registers with :meth:`watch`; when the deadline
+    passes, the watchdog thread (:data:`_WATCHDOG`) shuts the sockets of the connections
+    still open, which ends any read in progress however slowly the server sends.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self.done = False
+        self._lock = threading.Lock()
+        self._connections: list[http.client.HTTPConnection] = []
+
+    def check(self) -> float:
+        """The seconds left; raises :class:`_TimedOut` once the deadline has passed."""
+        left = self.at - time.monotonic()
+        if left <= 0 or self.expired:
+            raise _TimedOut("the deadline passed")
+        return left
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if self.expired:
+                raise _TimedOut("the deadline passed")
+            self._connections.append(connection)
+
+    def finish(self) -> None:
+        """The fetch is over: the watchdog leaves its sockets alone from now on."""
+        with self._lock:
+            self.done = True
+            self._connections.clear()
+
+    def expire(self) -> None:
+        """Called by the watchdog at the deadline: shut the sockets of a fetch still running."""
+        with self._lock:
+            if self.done:
+                return
+            self.expired = True
+            connections = list(self._connections)
+        for connection in connections:
+            sock = connection.sock
+            if sock is not None:
+                # OSError: already closed, or not connected yet (its socket timeout ends it)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One daemon thread that calls :meth:`_Deadline.expire` on each registered deadline when it passes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: _Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="photolabel-fetch-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][2].done:
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        due = heapq.heappop(self._heap)[2]
+                        break
+                    self._cond.wait(wait)
+            due.expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _check_scheme(url: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in _SCHEMES:
         shown = parts.scheme or "none"
-        raise _Refused(f"unsupported URL scheme '{shown}' (only http and https)")
+        raise _BadScheme(f"unsupported URL scheme '{shown}' (only http and https)")
     if not parts.hostname:
         raise _Refused("the URL has no host")
 
 
-def _build_opener(options: FetchOptions) -> urllib.request.OpenerDirector:
-    handlers: list[Any] = [_RedirectGuard(options.max_redirects)]
-    if not options.allow_private:
+def _build_opener(options: FetchOptions, deadline: _Deadline) -> urllib.request.OpenerDirector:
+    public_only = not options.allow_private
+    handlers: list[Any] = [_RedirectGuard(options.max_redirects), _DeadlineHTTPHandler(deadline, public_only),
+                           _DeadlineHTTPSHandler(deadline, public_only)]
+    if public_only:
         # Connect only to checked public addresses; no proxy, which would hide the destination.
-        handlers += [urllib.request.ProxyHandler({}), _PublicHTTPHandler(), _PublicHTTPSHandler()]
+        handlers.append(urllib.request.ProxyHandler({}))
     return urllib.request.build_opener(*handlers)
 
 
@@ -237,7 +362,7 @@ def _connect_public(
     for *_, sockaddr in infos:
         ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if not _is_public(ip):
-            raise _Refused(f"private address refused: host {host} resolves to {ip}, which is not public")
+            raise _Blocked(f"private address refused: host {host} resolves to {ip}, which is not public")
     last_error: OSError = OSError(f"no address found for {host}")
     for family, kind, proto, _, sockaddr in infos:
         sock = socket.socket(family, kind, proto)
@@ -254,34 +379,68 @@ def _connect_public(
     raise last_error
 
 
-class _PublicHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    """A connection that ends by the fetch's deadline; ``public_only`` connects through :func:`_connect_public`."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, public_only: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._create_connection = _connect_public
+        self._deadline = deadline
+        if public_only:
+            self._create_connection = _connect_public
+
+    def connect(self) -> None:
+        self.timeout = self._deadline.check()
+        self._deadline.watch(self)
+        super().connect()
 
 
-class _PublicHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, public_only: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._create_connection = _connect_public
+        self._deadline = deadline
+        if public_only:
+            self._create_connection = _connect_public
+
+    def connect(self) -> None:
+        self.timeout = self._deadline.check()
+        self._deadline.watch(self)
+        http.client.HTTPConnection.connect(self)  # TCP, and a proxy's tunnel if there is one
+        server_hostname = self._tunnel_host or self.host
+        # The handshake runs once self.sock is the TLS socket, so that the deadline can shut it.
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=server_hostname,
+                                              do_handshake_on_connect=False)
+        self._deadline.check()
+        self.sock.do_handshake()
 
 
-class _PublicHTTPHandler(urllib.request.HTTPHandler):
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline, public_only: bool) -> None:
+        super().__init__()
+        self._connection = partial(_DeadlineHTTPConnection, deadline=deadline, public_only=public_only)
+
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_PublicHTTPConnection, req)
+        return self.do_open(self._connection, req)
 
 
-class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline, public_only: bool) -> None:
+        super().__init__()
+        self._connection = partial(_DeadlineHTTPSConnection, deadline=deadline, public_only=public_only)
+
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_PublicHTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
+        return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+def _timed_out(options: FetchOptions) -> str:
+    return f"timed out after {options.timeout:g} s (HTTP_TIMEOUT bounds the whole download, headers included)"
 
 
 def _describe(reason: object, options: FetchOptions) -> str:
     """One line for the cause of a failed fetch."""
-    if isinstance(reason, _Refused):
+    if isinstance(reason, (_TimedOut, TimeoutError)):
+        text = _timed_out(options)
+    elif isinstance(reason, _Refused):
         text = str(reason)
-    elif isinstance(reason, TimeoutError):
-        text = f"timed out after {options.timeout:g} s"
     elif isinstance(reason, ConnectionRefusedError):
         text = "connection refused"
     elif isinstance(reason, ConnectionResetError):

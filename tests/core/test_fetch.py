@@ -80,8 +80,39 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(0.05)
             except OSError:
                 pass
+        elif path == "/drip-status":
+            # the status line itself, one byte every 0.05 s (5 s in all)
+            self._drip(b"HTTP/1.0 200 OK\r\n" + b"X-Pad: " + b"p" * 80 + b"\r\n\r\n", then=BODY)
+        elif path == "/drip-headers":
+            # a prompt status line, then headers one byte every 0.05 s: each byte well within any
+            # socket timeout, the whole head 5 s
+            self.wfile.write(b"HTTP/1.0 200 OK\r\n")
+            self._drip(b"X-Slow: " + b"s" * 90 + b"\r\n\r\n", then=BODY)
+        elif path.startswith("/slow-hops/"):
+            # every hop answers within 0.25 s; five of them take longer than the deadline
+            time.sleep(0.25)
+            left = int(path.rsplit("/", 1)[1])
+            if left == 0:
+                self._send(200, BODY)
+            else:
+                self._send(302, headers={"Location": f"/slow-hops/{left - 1}"})
+        elif path == "/short-body":
+            # announces 100 bytes, sends 10 and closes
+            self._send(200, b"0123456789", headers={"Content-Length": "100", "Connection": "close"})
         else:
             self._send(404)
+
+    def _drip(self, data: bytes, every: float = 0.05, then: bytes = b"") -> None:
+        """``data`` one byte every ``every`` s, then ``then`` at once."""
+        try:
+            for index in range(len(data)):
+                self.wfile.write(data[index:index + 1])
+                time.sleep(every)
+            self.wfile.write(then)
+        except OSError:  # the client gave up before the whole response was sent
+            cuts = getattr(self, "cuts", None)
+            if cuts is not None:
+                cuts.release()
 
 
 @pytest.fixture
@@ -172,6 +203,48 @@ def test_timeout_bounds_the_whole_body(server: str) -> None:
     # 100 bytes, one every 0.05 s: no single read waits 0.3 s, the whole body takes 5 s
     with pytest.raises(FetchError, match="timed out after 0.3 s"):
         fetch_url(f"{server}/drip", FetchOptions(timeout=0.3))
+
+
+@pytest.mark.parametrize("path", ["/drip-headers", "/drip-status"])
+def test_timeout_bounds_the_status_line_and_headers(server: str, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cuts = threading.Semaphore(0)
+    monkeypatch.setattr(_Handler, "cuts", cuts, raising=False)
+    with pytest.raises(FetchError, match=r"timed out after 0.5 s \(HTTP_TIMEOUT") as caught:
+        fetch_url(f"{server}{path}", FetchOptions(timeout=0.5))
+    assert f"{server}{path}" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    # the client hung up in the middle of the head (it took 5 s to drip), it did not wait for it
+    assert cuts.acquire(timeout=10), "the server sent the whole response: the fetch waited for it"
+
+
+def test_timeout_bounds_every_redirect_hop_together(server: str) -> None:
+    assert fetch_url(f"{server}/slow-hops/1", FetchOptions(timeout=5)) == BODY
+    with pytest.raises(FetchError, match="timed out after 0.6 s") as caught:
+        fetch_url(f"{server}/slow-hops/5", FetchOptions(timeout=0.6))
+    assert "/slow-hops/5" in str(caught.value)
+
+
+def test_timeout_bounds_the_head_without_private_addresses_too(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the public-only connection (allow_private=False) keeps the deadline as well
+    monkeypatch.setattr(fetch, "_is_public", lambda address: str(address) == "127.0.0.1")
+    with pytest.raises(FetchError, match="timed out after 0.5 s"):
+        fetch_url(f"{server}/drip-headers", FetchOptions(timeout=0.5, allow_private=False))
+
+
+def test_a_body_cut_short_is_an_error_not_a_short_body(server: str) -> None:
+    with pytest.raises(FetchError, match="closed before the whole response arrived") as caught:
+        fetch_url(f"{server}/short-body")
+    assert "/short-body" in str(caught.value)
+
+
+def test_many_dripping_fetches_all_end_at_the_deadline(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8 at once: the watchdog ends each of them, none is left waiting for its server
+    cuts = threading.Semaphore(0)
+    monkeypatch.setattr(_Handler, "cuts", cuts, raising=False)
+    results = fetch_many([f"{server}/drip-headers"] * 8, FetchOptions(timeout=0.5, pool_size=8))
+    assert all(isinstance(result, FetchError) and "timed out after 0.5 s" in str(result) for result in results)
+    assert all(cuts.acquire(timeout=10) for _ in range(8))
+    assert fetch_url(f"{server}/ok", FetchOptions(timeout=5)) == BODY
 
 
 def test_private_addresses_refused_when_not_allowed(server: str) -> None:

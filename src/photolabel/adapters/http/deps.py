@@ -20,7 +20,7 @@ from photolabel.adapters.http.store import ModelRecord, Registry
 from photolabel.artifact import read_model_dir
 from photolabel.backbones import get_backbone
 from photolabel.config import TRAIN_DEFAULTS
-from photolabel.errors import FetchError, PhotolabelError, SourceNotFoundError, UnsupportedSchemeError
+from photolabel.errors import PhotolabelError, SourceNotFoundError, UnsupportedSchemeError
 
 
 @dataclass
@@ -95,15 +95,16 @@ def check_web_url(url: str) -> str:
     """``url`` if it is http(s); the seed API and ``{"urls"}`` take web URLs only.
 
     Raises:
-        FetchError: another scheme, named.
+        UnsupportedSchemeError: another scheme, named.
     """
     if storage.scheme_of(url) not in ("http", "https"):
         shown = storage.scheme_of(url) or "none"
-        raise FetchError(f"cannot fetch {url}: unsupported URL scheme '{shown}' (only http and https)")
+        raise UnsupportedSchemeError(f"cannot fetch {url}: unsupported URL scheme '{shown}' (only http and https)")
     return url
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: FastAPI runs a plain def dependency in the thread pool, which slow work elsewhere may have filled
     return request.app.state.service
 
 

@@ -1,12 +1,19 @@
-"""ASGI middleware of the service: :class:`BodySizeLimit`, which refuses request bodies over a size."""
+"""ASGI middleware of the service: :class:`BodySizeLimit`, which refuses request bodies over a size, and
+:class:`FetchSlots`, which keeps requests that download URLs from taking every thread."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from photolabel.adapters.http.errors import PayloadTooLargeError, error_body
+import anyio
+
+from photolabel.adapters.http.errors import RETRY_AFTER_S, PayloadTooLargeError, error_body
+
+BUSY = "busy"
 
 
 class BodySizeLimit:
@@ -80,8 +87,80 @@ class _Limit:
         return f"{what}; the limit is {self.variable}={self.max_bytes}"
 
     async def _refuse(self, send: Any, what: str) -> None:
-        body = json.dumps(error_body("too_large", self._message(what))).encode()
+        body = json.dumps(error_body(PayloadTooLargeError.code, self._message(what))).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+#: routes that may download a URL on the request's time: the seed API's /train (its CSV) and /infer (its image),
+#: and predict-object (an http(s) or bucket URI); predict only with a JSON body ({"urls"})
+_FETCHING = re.compile(r"^/(train|infer)$|^/v1/models/[^/]+/predict-object$")
+_PREDICT = re.compile(r"^/v1/models/[^/]+/predict$")
+
+
+def may_fetch(scope: MutableMapping[str, Any]) -> bool:
+    """Whether a request may download URLs while it is served."""
+    if scope.get("type") != "http" or scope.get("method") != "POST":
+        return False
+    path = scope.get("path", "")
+    if _FETCHING.match(path):
+        return True
+    if _PREDICT.match(path):
+        for name, value in scope.get("headers", ()):
+            if name == b"content-type":
+                media = bytes(value).split(b";", 1)[0].strip().lower()
+                return media == b"application/json" or media.endswith(b"+json")
+    return False
+
+
+class FetchSlots:
+    """Serve at most ``slots`` requests that download URLs (:func:`may_fetch`) at a time.
+
+    Route code runs its blocking work in the server's one shared thread pool; a download that
+    crawls (up to HTTP_TIMEOUT) holds a thread all along. Waiting here, before the route runs,
+    holds none, so downloads can take at most ``slots`` threads and the rest stay free for
+    every other request (predictions of uploaded images, jobs, health). A request that waits
+    ``wait_s`` without a slot is answered 503 (``busy``, with Retry-After).
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], slots: int, wait_s: float) -> None:
+        self.app = app
+        self.slots = slots
+        self.wait_s = wait_s
+        self._semaphores: dict[asyncio.AbstractEventLoop, anyio.Semaphore] = {}
+
+    def _semaphore(self) -> anyio.Semaphore:
+        loop = asyncio.get_running_loop()
+        semaphore = self._semaphores.get(loop)
+        if semaphore is None:  # one per event loop (tests start several); forget closed loops
+            self._semaphores = {known: s for known, s in self._semaphores.items() if not known.is_closed()}
+            semaphore = self._semaphores[loop] = anyio.Semaphore(self.slots)
+        return semaphore
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if not may_fetch(scope):
+            await self.app(scope, receive, send)
+            return
+        semaphore = self._semaphore()
+        acquired = False
+        with anyio.move_on_after(self.wait_s):
+            await semaphore.acquire()
+            acquired = True
+        if not acquired:
+            await self._refuse(send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            semaphore.release()
+
+    async def _refuse(self, send: Any) -> None:
+        message = (f"the server is busy downloading for other requests ({self.slots} at a time, FETCH_REQUEST_SLOTS) "
+                   f"and this one waited {self.wait_s:g} s for its turn; retry in a moment")
+        body = json.dumps(error_body(BUSY, message)).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", str(RETRY_AFTER_S).encode())]})
         await send({"type": "http.response.body", "body": body})

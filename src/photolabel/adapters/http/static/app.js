@@ -22,10 +22,36 @@ function errorText(err) {
   return String(err);
 }
 
+// The service's token (API_TOKEN), if it asks for one: typed at the top of the page, kept in this tab only.
+const TOKEN_KEY = "photolabel.apiToken";
+const tokenInput = $("api-token");
+
+function readStoredToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";  // storage disabled: the field still works for this page
+  }
+}
+
+tokenInput.value = readStoredToken();
+tokenInput.addEventListener("input", () => {
+  const token = tokenInput.value.trim();
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled: nothing to keep
+  }
+});
+
 async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  const token = tokenInput.value.trim();
+  if (token) headers.Authorization = `Bearer ${token}`;
   let response;
   try {
-    response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+    response = await fetch(path, { ...options, headers });
   } catch (exc) {
     throw new ApiError("network", `cannot reach the server (${exc.message})`, 0);
   }
@@ -38,7 +64,12 @@ async function api(path, options = {}) {
   }
   if (!response.ok) {
     const e = (body && (body.error || body.detail)) || {};
-    const message = typeof e === "string" ? e : e.message || text || response.statusText;
+    let message = typeof e === "string" ? e : e.message || text || response.statusText;
+    if (response.status === 401) {
+      message = `${token ? "The API token was not accepted" : "This needs the API token"}: type it in ` +
+        `"API token" at the top of the page. (${message})`;
+      tokenInput.focus();
+    }
     throw new ApiError((e && e.code) || `http_${response.status}`, message, response.status);
   }
   return body;
