@@ -21,6 +21,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,9 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from photolabel import storage
+from photolabel import fsutil, storage
 from photolabel.config import TrainConfig
-from photolabel.errors import ModelError, OutputError, PhotolabelError, SourceNotFoundError
+from photolabel.errors import (
+    InsufficientStorageError,
+    ModelError,
+    ModelIntegrityError,
+    OutputError,
+    PhotolabelError,
+    SourceNotFoundError,
+)
 from photolabel.fsutil import DIR_MODE
 from photolabel.hashing import pretty_json, sha256_file, sha256_json
 
@@ -130,12 +139,10 @@ class ModelCard:
                 malformed field; the message names ``where``.
         """
         if doc.get("format") != FORMAT:
-            raise ModelError(f"{where}: not a photolabel model file")
+            raise _model_error(where, "not a photolabel model file")
         if doc.get("format_version") != FORMAT_VERSION:
-            raise ModelError(
-                f"{where}: format version {doc.get('format_version')} is not supported "
-                f"(this photolabel reads version {FORMAT_VERSION})"
-            )
+            raise _model_error(where, f"format version {doc.get('format_version')} is not supported "
+                                      f"(this photolabel reads version {FORMAT_VERSION})")
         try:
             head = doc["head"]
             backbone = doc["backbone"]
@@ -144,7 +151,7 @@ class ModelCard:
             checkable = "version" in head and set(TrainConfig().to_dict()) <= set(config)
             if not config.get("head_params"):
                 config["head_params"] = head.get("params") or {}
-            return cls(
+            card = cls(
                 model_id=str(doc["model_id"]),
                 labels=tuple(doc["labels"]),
                 backbone=BackboneCard(str(backbone["name"]), str(backbone["hash"]), int(backbone["embedding_dim"]),
@@ -154,7 +161,7 @@ class ModelCard:
                 config=TrainConfig.from_dict(config),
                 manifest_sha256=str(doc.get("manifest_sha256", "")),
                 photolabel_version=str(doc.get("photolabel_version", "")),
-                files=dict(doc.get("files", {})),
+                files=_checked_files(doc.get("files", {}), where),
                 calibration=doc.get("calibration"),
                 unknown=doc.get("unknown"),
                 finetune=doc.get("finetune"),
@@ -162,11 +169,87 @@ class ModelCard:
                 tuning=doc.get("tuning"),
                 id_checkable=checkable,
             )
+            _check_references(card, where)
+            return card
+        except ModelError:
+            raise
         except PhotolabelError as exc:
-            raise ModelError(f"{where}: {exc}") from None
+            raise _corrupt(where, str(exc)) from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             missing = f"missing field {exc}" if isinstance(exc, KeyError) else f"malformed ({exc})"
-            raise ModelError(f"{where}: {missing}") from None
+            raise _corrupt(where, missing) from None
+
+
+# --- what model.json may name ---------------------------------------------------------------------
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: sections of model.json that name a file of the model: (section, key, the name written by default)
+FILE_REFERENCES: tuple[tuple[str, str], ...] = (("unknown", "centroids"), ("finetune", "tail_file"))
+
+
+def unsafe_entry(name: object) -> str | None:
+    """Why ``name`` cannot be a file of a model directory, or None when it can: it must be a relative
+    POSIX path inside the directory (no absolute path, drive, backslash, NUL, empty, "." or ".." part).
+    A pure string check: it reads nothing and serves local folders and storage URIs alike."""
+    if not isinstance(name, str) or not name:
+        return "is not a file name"
+    if "\0" in name:
+        return "holds a NUL character"
+    if "\\" in name:
+        return "holds a backslash; names inside a model use '/'"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "is an absolute path; a model may only list files inside its directory"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' part; a model may only list files inside its directory"
+    if name in (MODEL_JSON, RUN_JSON):
+        return f"is {name}, which is not hashed"
+    return None
+
+
+def _checked_files(files: object, where: str) -> dict[str, str]:
+    """model.json's ``files`` after the string checks: every name inside the directory, every hash a sha256."""
+    if not isinstance(files, Mapping):
+        raise _corrupt(where, "'files' is not an object of file names and their sha256")
+    for name, digest in files.items():
+        problem = unsafe_entry(name)
+        if problem is not None:
+            raise _corrupt(where, f"files lists {_shown_entry(name)}, which {problem}")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise _corrupt(where, f"files lists {_shown_entry(name)} with {digest!r}, which is not a sha256")
+    return {str(name): str(digest) for name, digest in files.items()}
+
+
+def _check_references(card: ModelCard, where: str) -> None:
+    """Each file a section of the card names (the unknown answer's centroids, the fine-tuned tail) is a
+    safe name that ``files`` lists, so it is hash-checked like the others."""
+    for section_name, key in FILE_REFERENCES:
+        section = getattr(card, section_name)
+        if section is None or key not in section:
+            continue
+        if not isinstance(section, Mapping):
+            raise _corrupt(where, f"'{section_name}' is not an object")
+        name = section[key]
+        problem = unsafe_entry(name)
+        if problem is not None:
+            raise _corrupt(where, f"{section_name}.{key} names {_shown_entry(name)}, which {problem}")
+        if name not in card.files:
+            raise _corrupt(where, f"{section_name}.{key} names {_shown_entry(name)}, which 'files' does not list")
+
+
+def _shown_entry(name: object) -> str:
+    text = repr(name)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _model_error(where: str, detail: str, *, file: str = MODEL_JSON) -> ModelError:
+    return ModelError(f"{where}: {detail}", detail=f"{file}: {detail}" if file else detail)
+
+
+def _corrupt(where: str, detail: str, *, file: str = MODEL_JSON) -> ModelIntegrityError:
+    """A failed integrity check. ``where`` names the place (a path or URI) for the message; ``detail``
+    says what is wrong naming ``file`` relative to the model directory, for surfaces that show no paths."""
+    return ModelIntegrityError(f"{where}: {detail}", detail=f"{file}: {detail}" if file else detail)
 
 
 def compute_model_id(manifest_hash: str, config: TrainConfig, head_version: int | None, backbone_hash: str,
@@ -195,23 +278,23 @@ def check_card(card: ModelCard, lineage: Mapping[str, Any], where: str) -> None:
         ModelError: naming ``where`` and what disagrees.
     """
     if lineage.get("manifest_sha256") not in (None, card.manifest_sha256):
-        raise ModelError(f"{where}: manifest_sha256 differs from lineage.json's")
+        raise _corrupt(where, "manifest_sha256 differs from lineage.json's")
     if "labels" in lineage and tuple(lineage["labels"]) != card.labels:
-        raise ModelError(f"{where}: labels {list(card.labels)} differ from lineage.json's {lineage['labels']}")
+        raise _corrupt(where, f"labels {list(card.labels)} differ from lineage.json's {lineage['labels']}")
     if not card.id_checkable:
         return
     if card.tuning is not None:  # a search chose the head: the config holds what was given, not what was chosen
         searched = [entry.get("head") for entry in card.tuning.get("heads", [])]
         if card.config.classes != card.labels or card.head.name not in searched:
-            raise ModelError(f"{where}: labels or head differ from the config and search recorded beside them")
+            raise _corrupt(where, "labels or head differ from the config and search recorded beside them")
     elif card.config.classes != card.labels or dict(card.head.params) != dict(card.config.head_params):
-        raise ModelError(f"{where}: labels or head parameters differ from the config recorded beside them")
+        raise _corrupt(where, "labels or head parameters differ from the config recorded beside them")
     expected = compute_model_id(card.manifest_sha256, card.config,
                                 None if card.tuning is not None else card.head.version, card.backbone.hash,
                                 augment_version=(card.augment or {}).get("version"), search=card.tuning)
     if expected != card.model_id:
-        raise ModelError(f"{where}: model_id {card.model_id} is not the hash of the model's own description "
-                         f"({expected}); the file was edited")
+        raise _corrupt(where, f"model_id {card.model_id} is not the hash of the model's own description "
+                              f"({expected}); the file was edited")
 
 
 @dataclass
@@ -240,25 +323,45 @@ def write_model_dir(
     ``write_head(folder)`` writes the head's files into ``folder`` and returns their
     names. ``extra_files`` maps more relative names (``unknown/centroids.npy``) to bytes;
     they are hashed into model.json like the head's. The directory is assembled under a
-    temporary name beside ``out`` and renamed into place, so a crash never leaves a half model that loads. An
+    temporary name beside ``out`` and swapped with it in one atomic step (see "publishing" below), so that
+    ``out`` holds the old model or the new one at every instant, whenever the process is killed. An
     existing ``out`` is replaced only if it is a photolabel model (or empty).
 
     ``out`` may also be a storage URI (``s3://bucket/models/x``, see :mod:`photolabel.storage`):
     the directory is staged locally, then uploaded with ``model.json`` last, so a reader
     never loads a half-written model (it finds no model.json, or one whose hashes fail).
     Returns ``out`` as a Path for a local directory, as the URI string otherwise.
+
+    Raises:
+        InsufficientStorageError: the disk, the quota or the file size limit is full (ENOSPC, EDQUOT,
+            EFBIG); ``out`` is left as it was.
+        OutputError: ``out`` cannot be written or replaced.
     """
     if not storage.is_local(out):
-        return _upload_model_dir(str(out), card=card, metrics=metrics, lineage=lineage, write_head=write_head,
-                                 run=run, extra_files=extra_files)
+        try:
+            return _upload_model_dir(str(out), card=card, metrics=metrics, lineage=lineage, write_head=write_head,
+                                     run=run, extra_files=extra_files)
+        except OSError as exc:
+            if fsutil.is_storage_full(exc) and not isinstance(exc, InsufficientStorageError):
+                raise _storage_full(str(out)) from None
+            raise
     out = storage.local_path(out)
     try:
         return _write_model_dir(out, card=card, metrics=metrics, lineage=lineage, write_head=write_head, run=run,
                                 extra_files=extra_files)
     except OSError as exc:
+        if isinstance(exc, InsufficientStorageError):
+            raise
+        if fsutil.is_storage_full(exc):
+            raise _storage_full(str(out)) from None
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"{out}: cannot write the model ({exc.strerror or exc})") from None
+
+
+def _storage_full(out: str) -> InsufficientStorageError:
+    return InsufficientStorageError(f"{out}: not enough storage space to write the model; free some space and "
+                                    "train again (a model already there is left as it was)")
 
 
 def _upload_model_dir(out: str, **parts: Any) -> str:
@@ -271,13 +374,66 @@ def _upload_model_dir(out: str, **parts: Any) -> str:
     return out
 
 
+# --- publishing: a model directory replaced in one step ---------------------------------------------
+#
+# A model is assembled in a staging folder beside OUT (".OUT.tmp-<host>-<pid>-<random>") and published by
+# swapping it with OUT in one atomic step (Linux's renameat2 RENAME_EXCHANGE), so that OUT holds the
+# old model or the new one at every instant; the old one, now under the staging name, is removed.
+# Where no such swap exists, OUT is first renamed aside (".OUT.old-<host>-<pid>-<random>") and the new one
+# renamed in: a process killed between the two leaves OUT missing and the old model aside, and the
+# next write or read of OUT restores it. Leftovers of processes that died (of this host, whose pid no
+# longer runs) are removed by the next write into the same parent folder.
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9.]+)-(?P<pid>[0-9]+)-[0-9a-f]{8}$")
+
+
+def _aside_name(out: Path, kind: str) -> Path:
+    return out.parent / f".{out.name}.{kind}-{fsutil.process_tag()}-{secrets.token_hex(4)}"
+
+
+def sweep_leftovers(parent: str | Path, *, name: str | None = None) -> list[Path]:
+    """Clean ``parent`` after writers that died: restore a model left aside (``.M.old-*``) whose
+    ``M`` is missing, and remove the other staging and old folders of processes that no longer run.
+    With ``name``, only the leftovers of ``parent/name``. Returns the folders removed or restored."""
+    folder = Path(parent)
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    touched: list[Path] = []
+    for entry in entries:
+        match = _LEFTOVER.match(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        if not fsutil.owner_gone(match["host"], match["pid"]):
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                touched.append(entry)
+            continue
+        target = folder / match["name"]
+        if match["kind"] == "old" and not os.path.lexists(target) and (entry / MODEL_JSON).is_file():
+            with contextlib.suppress(OSError):
+                os.rename(entry, target)  # a publish that died between its two renames: the old model returns
+                fsutil.fsync_dir(folder)
+                touched.append(entry)
+                continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not os.path.lexists(entry):
+            touched.append(entry)
+    return touched
+
+
 def _write_model_dir(out: Path, *, card: ModelCard, metrics: dict[str, Any], lineage: dict[str, Any],
                      write_head: Any, run: dict[str, Any] | None, extra_files: Mapping[str, bytes] | None) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(parent)
     if out.exists():
         _check_replaceable(out)
-    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-"))
+    staging = _aside_name(out, "tmp")
+    staging.mkdir(mode=0o700)
     os.chmod(staging, DIR_MODE)
     try:
         head_names = write_head(staging / "head")
@@ -285,7 +441,7 @@ def _write_model_dir(out: Path, *, card: ModelCard, metrics: dict[str, Any], lin
         (staging / "lineage.json").write_bytes(pretty_json(lineage))
         files = {f"head/{name}": sha256_file(staging / "head" / name) for name in sorted(head_names)}
         for name, data in sorted((extra_files or {}).items()):
-            if name in files or name in (MODEL_JSON, RUN_JSON, "metrics.json", "lineage.json") or ".." in name:
+            if name in files or name in ("metrics.json", "lineage.json") or unsafe_entry(name) is not None:
                 raise ValueError(f"extra file name {name!r} is taken or unsafe")
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)
@@ -312,17 +468,28 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:
+    """Publish ``staging`` as ``out``; on return ``staging`` no longer exists."""
+    parent = out.parent
     if not out.exists():
-        os.replace(staging, out)
+        os.rename(staging, out)  # refuses (ENOTEMPTY) to replace a folder that appeared meanwhile
+        fsutil.fsync_dir(parent)
         return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    old.rmdir()
-    os.replace(out, old)
+    if fsutil.exchange_paths(staging, out):
+        # one step: ``out`` is the new model, ``staging`` the old one (a folder, or a link to one)
+        fsutil.fsync_dir(parent)
+        if staging.is_symlink():
+            staging.unlink()
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = _aside_name(out, "old")
+    os.rename(out, old)
     try:
-        os.replace(staging, out)
+        os.rename(staging, out)
     except BaseException:
-        os.replace(old, out)
+        os.rename(old, out)
         raise
+    fsutil.fsync_dir(parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -331,6 +498,9 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+        elif path.is_dir():
+            fsutil.fsync_dir(path)
+    fsutil.fsync_dir(folder)
 
 
 def read_model_dir(location: str | Path, *, verify: bool = True) -> ModelFiles:
@@ -362,7 +532,8 @@ def open_model_dir(location: str | Path, *, verify: bool = True) -> Iterator[Mod
         try:
             storage.download_tree(uri, folder, last=MODEL_JSON)
         except SourceNotFoundError:
-            raise ModelError(f"{uri}: no such model (nothing stored there)") from None
+            raise ModelError(f"{uri}: no such model (nothing stored there)",
+                             detail="no such model (nothing stored there)") from None
         files = _read_local_model_dir(Path(folder), verify=verify, shown=uri)
         yield files
     files.path = uri
@@ -370,39 +541,50 @@ def open_model_dir(location: str | Path, *, verify: bool = True) -> Iterator[Mod
 
 def _read_local_model_dir(path: Path, *, verify: bool, shown: str | None = None) -> ModelFiles:
     name = shown or str(path)
+    if not path.exists() and shown is None:
+        sweep_leftovers(path.parent, name=path.name)  # a publish that died half-way left the old model aside
     if not path.exists():
-        raise ModelError(f"{name}: no such model directory")
+        raise _model_error(name, "no such model directory", file="")
     document_path = path / MODEL_JSON
     if not document_path.is_file():
-        raise ModelError(f"{name}: not a photolabel model (no {MODEL_JSON})")
+        raise _model_error(name, f"not a photolabel model (no {MODEL_JSON})", file="")
     where = f"{name}/{MODEL_JSON}" if shown else str(document_path)
     card = ModelCard.from_dict(_read_json(document_path, where), where=where)
+    # every listed name is confined to the folder (string checks in from_dict, links here) before any is read
+    root = path.resolve()
+    for file_name in sorted(card.files):
+        if not (root / file_name).resolve().is_relative_to(root):
+            raise _corrupt(where, f"files lists {file_name!r}, which leads outside the model directory")
     for file_name, expected in sorted(card.files.items()):
         file_path = path / file_name
         if not file_path.is_file():
-            raise ModelError(f"{name}: missing file {file_name}")
+            raise _corrupt(name, f"missing file {file_name}", file="")
         if verify:
             found = sha256_file(file_path)
             if found != expected:
                 shown_file = f"{name}/{file_name}" if shown else str(file_path)
-                raise ModelError(f"{shown_file}: sha256 {found} does not match {expected} recorded in model.json")
-    run = _read_json(path / RUN_JSON, f"{name}/{RUN_JSON}") if (path / RUN_JSON).is_file() else None
-    lineage = _read_json(path / "lineage.json", f"{name}/lineage.json")
+                raise ModelIntegrityError(
+                    f"{shown_file}: sha256 {found} does not match {expected} recorded in model.json",
+                    detail=f"{file_name}: sha256 {found} does not match {expected} recorded in model.json")
+    run = _read_json(path / RUN_JSON, f"{name}/{RUN_JSON}", RUN_JSON) if (path / RUN_JSON).is_file() else None
+    lineage = _read_json(path / "lineage.json", f"{name}/lineage.json", "lineage.json")
     if verify:
         check_card(card, lineage, where)
-    return ModelFiles(path, card, _read_json(path / "metrics.json", f"{name}/metrics.json"),
+    return ModelFiles(path, card, _read_json(path / "metrics.json", f"{name}/metrics.json", "metrics.json"),
                       lineage, run)
 
 
-def _read_json(path: Path, shown: str | None = None) -> dict[str, Any]:
+def _read_json(path: Path, shown: str | None = None, entry: str = MODEL_JSON) -> dict[str, Any]:
     name = shown or str(path)
     try:
         with open(path, encoding="utf-8") as handle:
             value = json.load(handle)
     except FileNotFoundError:
-        raise ModelError(f"{name}: missing") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{name}: unreadable JSON ({exc})") from None
+        raise _corrupt(name, "missing", file=entry) from None
+    except OSError as exc:
+        raise _corrupt(name, f"unreadable ({exc.strerror or type(exc).__name__})", file=entry) from None
+    except ValueError as exc:
+        raise _corrupt(name, f"unreadable JSON ({exc})", file=entry) from None
     if not isinstance(value, dict):
-        raise ModelError(f"{name}: expected a JSON object")
+        raise _corrupt(name, "expected a JSON object", file=entry)
     return value

@@ -42,6 +42,7 @@ from photolabel.errors import (
     DataError,
     FetchError,
     FetchTooLargeError,
+    InsufficientStorageError,
     MissingDependencyError,
     OutputError,
     PhotolabelError,
@@ -49,7 +50,7 @@ from photolabel.errors import (
     UnsupportedSchemeError,
 )
 from photolabel.fetch import DEFAULT_FETCH_OPTIONS, FetchOptions, each_concurrently, fetch_url
-from photolabel.fsutil import atomic_write_bytes, file_url_path
+from photolabel.fsutil import atomic_write_bytes, file_url_path, is_storage_full
 
 _URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCHEME_NAME = re.compile(r"[a-z][a-z0-9+.-]*")
@@ -120,6 +121,8 @@ class LocalBackend(StorageBackend):
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, data)
         except OSError as exc:
+            if is_storage_full(exc):
+                raise InsufficientStorageError(f"{uri}: cannot write: not enough storage space") from exc
             raise OutputError(f"{uri}: cannot write ({exc.strerror or exc})") from exc
 
     def exists(self, uri: str, fetch: FetchOptions) -> bool:
@@ -607,6 +610,8 @@ def _translated(uri: str, action: str) -> Iterator[None]:
     except Exception as exc:
         if type(exc).__name__ in _CREDENTIAL_ERRORS:
             raise _access_denied(uri, action, f" ({type(exc).__name__}: {_one_line(exc)})") from exc
+        if is_storage_full(exc):  # a local disk (a cache, memory:// spilling) or the store's quota is full
+            raise InsufficientStorageError(f"cannot {action} {uri}: not enough storage space") from exc
         # Back-ends raise their own types (botocore, aiohttp, azure); each is a failure to reach the URI.
         error = OutputError if action == "write" else FetchError
         raise error(f"cannot {action} {uri}: {type(exc).__name__}: {_one_line(exc)}") from exc

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
 
+from photolabel import artifact, storage
 from photolabel.artifact import (
     FORMAT,
     FORMAT_VERSION,
@@ -19,7 +23,7 @@ from photolabel.artifact import (
     write_model_dir,
 )
 from photolabel.config import TrainConfig
-from photolabel.errors import ModelError, OutputError
+from photolabel.errors import ModelError, ModelIntegrityError, OutputError
 from photolabel.hashing import sha256_file
 
 HEAD_PARAMS = {"C": 0.5, "max_iter": 100}
@@ -284,3 +288,92 @@ def test_extra_files_and_derived_sections_are_written_hashed_and_read_back(tmp_p
     with pytest.raises(ValueError, match="taken or unsafe"):
         write_model_dir(tmp_path / "m2", card=card, metrics={}, lineage={}, write_head=_write_head,
                         extra_files={"../escape": b""})
+
+
+# -- model.json may only name files inside the model directory -------------------------------------
+
+def _list_in_model_json(out: Path, name: str, digest: str = "0" * 64) -> None:
+    doc = json.loads((out / "model.json").read_text())
+    doc["files"][name] = digest
+    (out / "model.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("entry", [
+    "../secret.txt", "{secret}", "head/../../secret.txt", "C:/secret.txt", "head\\..\\..\\secret.txt",
+    "head/\x00weights.bin", "", "./head/weights.bin", "head//weights.bin", "model.json",
+], ids=["dotdot", "absolute", "dotdot-inside", "drive", "backslash", "nul", "empty", "dot", "empty-part",
+        "model-json"])
+@pytest.mark.parametrize("verify", [True, False])
+def test_model_json_listing_a_path_outside_its_directory_is_refused_before_any_file_is_read(
+        tmp_path, monkeypatch, entry, verify):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the model's")
+    out = _write(tmp_path / "model")
+    name = entry.format(secret=secret)
+    _list_in_model_json(out, name, sha256_file(secret))
+    reads: list[Path] = []
+    monkeypatch.setattr(artifact, "sha256_file", lambda path: reads.append(Path(path)) or "0" * 64)
+    with pytest.raises(ModelIntegrityError) as caught:
+        read_model_dir(out, verify=verify)
+    assert reads == []  # refused before anything listed was read: no hash of a file outside leaks
+    error = caught.value
+    assert error.code == "model_corrupt" and "files lists" in str(error)
+    assert error.detail is not None and error.detail.startswith("model.json: files lists")
+    assert str(out) not in error.detail  # the detail names the entry, never the server's folder
+
+
+def test_a_listed_file_reached_through_a_link_out_of_the_directory_is_refused(tmp_path):
+    out = _write(tmp_path / "model")
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(out / "head", outside)
+    shutil.rmtree(out / "head")
+    (out / "head").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ModelIntegrityError, match="leads outside the model directory"):
+        read_model_dir(out)
+
+
+@pytest.mark.parametrize(("section", "key", "name", "words"), [
+    ("unknown", "centroids", "../centroids.npy", "has an empty, '.' or '..' part"),
+    ("unknown", "centroids", "/etc/hostname", "is an absolute path"),
+    ("unknown", "centroids", "unknown/other.npy", "does not list"),
+    ("finetune", "tail_file", "../../tail.onnx", "has an empty, '.' or '..' part"),
+])
+def test_a_section_naming_a_file_outside_or_unhashed_is_refused(tmp_path, section, key, name, words):
+    out = _write(tmp_path / "model")
+    doc = json.loads((out / "model.json").read_text())
+    doc[section] = {key: name}
+    (out / "model.json").write_text(json.dumps(doc))
+    for verify in (True, False):
+        with pytest.raises(ModelIntegrityError, match=re.escape(words)):
+            read_model_dir(out, verify=verify)
+
+
+def test_a_hash_that_is_not_a_sha256_is_refused(tmp_path):
+    out = _write(tmp_path / "model")
+    _list_in_model_json(out, "head/weights.bin", "../../etc/passwd")
+    with pytest.raises(ModelIntegrityError, match="not a sha256"):
+        read_model_dir(out, verify=False)
+
+
+def test_integrity_errors_carry_a_detail_without_the_models_path(tmp_path):
+    out = _write(tmp_path / "model")
+    (out / "head" / "weights.bin").write_bytes(b"tampered")
+    with pytest.raises(ModelIntegrityError) as caught:
+        read_model_dir(out)
+    assert str(out) in str(caught.value)  # the CLI names the file
+    assert caught.value.detail.startswith("head/weights.bin: sha256 ") and str(tmp_path) not in caught.value.detail
+    (out / "lineage.json").unlink()
+    with pytest.raises(ModelIntegrityError) as caught:
+        read_model_dir(out, verify=False)
+    assert caught.value.detail == "missing file lineage.json"
+
+
+def test_a_stored_model_is_confined_by_string_checks_too(tmp_path):
+    uri = f"memory://photolabel-tests/model-{uuid.uuid4().hex}"
+    write_model_dir(uri, card=_card(), metrics={}, lineage={"manifest_sha256": "c" * 64}, write_head=_write_head)
+    doc = json.loads(storage.read_bytes(f"{uri}/model.json"))
+    doc["files"]["/etc/hostname"] = "0" * 64
+    storage.write_bytes(f"{uri}/model.json", json.dumps(doc).encode())
+    with pytest.raises(ModelIntegrityError, match="is an absolute path") as caught:
+        read_model_dir(uri)
+    assert uri in str(caught.value)

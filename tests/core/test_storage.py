@@ -24,6 +24,7 @@ from photolabel.errors import (
     DataError,
     FetchError,
     FetchTooLargeError,
+    InsufficientStorageError,
     MissingDependencyError,
     SourceNotFoundError,
     UnsupportedSchemeError,
@@ -188,6 +189,41 @@ def test_local_read_list_write(tmp_path: Path, as_uri: bool) -> None:
     (root / "odd 100% #1.bin").write_bytes(b"odd")  # listed URIs read back, whatever the name
     listed = dict(storage.list_tree(base))
     assert storage.read_bytes(listed["odd 100% #1.bin"]) == b"odd"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the writer is a forked process")
+def test_a_local_write_that_does_not_fit_is_insufficient_storage_and_keeps_the_old_file(tmp_path: Path) -> None:
+    """A real "file too large" (RLIMIT_FSIZE in a forked writer): the error says storage is full, the file
+    that was there is unchanged and no temporary file is left."""
+    import resource
+    import select
+
+    target = tmp_path / "store" / "a.bin"
+    storage.write_bytes(str(target), b"old")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = "written"
+        try:
+            os.close(read_end)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))
+            storage.write_bytes(str(target), b"n" * 64 * 1024)
+        except InsufficientStorageError as exc:
+            code = exc.code
+        except BaseException as exc:
+            code = repr(exc)
+        finally:
+            os.write(write_end, code.encode())
+            os._exit(0)
+    os.close(write_end)
+    try:
+        assert select.select([read_end], [], [], 60)[0], "the writer never finished"
+        assert os.read(read_end, 4096).decode() == "insufficient_storage"
+    finally:
+        os.waitpid(pid, 0)
+        os.close(read_end)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["a.bin"]
 
 
 def test_file_url_with_a_host_is_refused() -> None:
