@@ -58,3 +58,23 @@ def running_uvicorn(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def wait_until_live(server: Any, base: str, log: Any, wait_s: float = 60.0) -> None:
+    """Wait until the ``photolabel serve`` process ``server`` answers ``GET {base}/livez`` with 200; fail with
+    its log (a path) if it exits first or does not answer within ``wait_s``."""
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        assert server.poll() is None, Path(log).read_text()
+        try:
+            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not start within {wait_s:g} s"
+        time.sleep(0.1)

@@ -70,10 +70,22 @@ class NotAnImageError(ImageError):
     code = "not_an_image"
 
 
+class UnsupportedFormatError(NotAnImageError):
+    """An image in a format that is recognised but not read (the message lists the formats that are)."""
+
+    code = "unsupported_format"
+
+
 class ImageTooLargeError(ImageError):
     """An image whose pixel count exceeds the configured cap."""
 
     code = "image_too_large"
+
+
+class ImageTooComplexError(ImageTooLargeError):
+    """An image with more frames, pages or TIFF directories than the cap, or too many pixels over all of them."""
+
+    code = "image_too_complex"
 
 
 class SourceNotFoundError(PhotolabelError, FileNotFoundError):
@@ -89,9 +101,22 @@ class FetchError(PhotolabelError, OSError):
 
 
 class FetchTooLargeError(FetchError):
-    """A URL whose body is over the size cap."""
+    """A URL or storage object whose body is over the size cap."""
 
-    code = "too_large"
+    code = "download_too_large"
+
+
+class CsvTooLargeError(FetchTooLargeError):
+    """A CSV manifest fetched from a URL or a storage URI that is over the size cap."""
+
+    code = "csv_too_large"
+
+
+class UrlBlockedError(FetchError):
+    """A URL refused by policy before any request: its host resolves to a private, loopback or
+    link-local address while those are not allowed."""
+
+    code = "url_blocked"
 
 
 class UnsafeArchiveError(DataError):
@@ -100,10 +125,38 @@ class UnsafeArchiveError(DataError):
     code = "unsafe_archive"
 
 
+class ArchiveTooLargeError(DataError):
+    """An archive with more members, or more bytes once extracted, than the caps allow."""
+
+    code = "archive_too_large"
+
+
+class CsvLimitError(DataError):
+    """A CSV manifest with more rows, or a longer cell, than the caps allow (the message names the line)."""
+
+    code = "csv_over_limit"
+
+
 class ModelError(PhotolabelError, ValueError):
-    """A model directory that is missing, incomplete or fails its hash check."""
+    """A model directory that is missing, incomplete or fails its hash check.
+
+    ``detail`` is what is wrong, named relative to the model directory (``head/coef.npy: ...``);
+    the message adds where the model is. Surfaces that must not show local paths (the service)
+    show ``detail`` when it is set.
+    """
 
     code = "bad_model"
+
+    def __init__(self, *args: object, remedy: str | None = None, detail: str | None = None) -> None:
+        super().__init__(*args, remedy=remedy)
+        self.detail = detail
+
+
+class ModelIntegrityError(ModelError):
+    """A model directory that fails its integrity checks: model.json lists a path outside the
+    directory, a listed file is missing or its sha256 differs, or model.json was edited."""
+
+    code = "model_corrupt"
 
 
 class ExportError(PhotolabelError, ValueError):
@@ -116,6 +169,13 @@ class OutputError(PhotolabelError, OSError):
     """The place the user asked us to write to cannot be written."""
 
     code = "cannot_write"
+
+
+class InsufficientStorageError(OutputError):
+    """A write failed because the disk (or the quota, or the file size limit) is full;
+    what was there before is left as it was."""
+
+    code = "insufficient_storage"
 
 
 class AccessDeniedError(FetchError):

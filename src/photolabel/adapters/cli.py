@@ -86,6 +86,19 @@ def describe_error(exc: PhotolabelError) -> str:
     return f"{message}; {remedy}" if remedy else message
 
 
+def _unwind_on_sigterm() -> None:
+    """On SIGTERM, unwind as Ctrl-C does, so that the staged model and the temporary folders are removed
+    (OUT holds the old model or the new one, never half of one); exit 143."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        click.echo("stopped (SIGTERM); nothing half-written is left in OUT", err=True)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run_safely(action: Callable[[], Any]) -> Any:
     """Run ``action``; a PhotolabelError becomes one ``error:`` line (exit 2 for a bad setting, else 1)."""
     from photolabel.errors import ConfigError
@@ -116,9 +129,75 @@ def _runtime(threads: int | None, cache_dir: Path | None, batch_size: int, http_
     from photolabel.config import Runtime
     from photolabel.fetch import FetchOptions
 
+    limits = _data_limits()
     return run_safely(lambda: Runtime(threads=threads, cache_dir=cache_dir, batch_size=batch_size,
                                       fetch=FetchOptions(timeout=http_timeout, pool_size=download_pool_size),
-                                      progress=_progress(quiet)))
+                                      progress=_progress(quiet), **limits))
+
+
+_DATA_LIMITS_KEY = "photolabel.data_limits"
+_DATA_LIMIT_FLAGS = ("max_archive_bytes", "max_archive_members", "max_archive_ratio", "archive_deadline",
+                     "max_csv_rows", "max_csv_field_bytes")
+
+
+def data_limit_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The archive and CSV limit flags (for commands that read DATA); ``_runtime`` puts them in the Runtime."""
+    import functools
+
+    from photolabel.limits import CSV_MODULE_FIELD_LIMIT, DEFAULT_ARCHIVE_LIMITS, DEFAULT_CSV_LIMITS
+
+    @functools.wraps(function)
+    def command(**kwargs: Any) -> Any:
+        click.get_current_context().meta[_DATA_LIMITS_KEY] = {name: kwargs.pop(name) for name in _DATA_LIMIT_FLAGS}
+        return function(**kwargs)
+
+    options = [
+        click.option("--max-archive-bytes", type=click.IntRange(1, None),
+                     default=DEFAULT_ARCHIVE_LIMITS.max_total_bytes, envvar="MAX_ARCHIVE_BYTES", show_envvar=True,
+                     show_default=True, metavar="BYTES",
+                     help="Most bytes an archive may hold once extracted; a larger one is refused before any of it "
+                          "is written."),
+        click.option("--max-archive-members", type=click.IntRange(1, None), default=DEFAULT_ARCHIVE_LIMITS.max_members,
+                     envvar="MAX_ARCHIVE_MEMBERS", show_envvar=True, show_default=True, metavar="N",
+                     help="Most entries (files and folders) in an archive."),
+        click.option("--max-archive-ratio", type=click.FloatRange(1, None), default=DEFAULT_ARCHIVE_LIMITS.max_ratio,
+                     envvar="MAX_ARCHIVE_RATIO", show_envvar=True, show_default=True, metavar="RATIO",
+                     help="Most bytes an archive may expand to per byte of the archive file, once it expands to "
+                          f"more than {DEFAULT_ARCHIVE_LIMITS.ratio_floor_bytes // 1024**2} MiB (compression bombs)."),
+        click.option("--archive-deadline", type=click.FloatRange(0, None, min_open=True),
+                     default=DEFAULT_ARCHIVE_LIMITS.deadline_s, envvar="ARCHIVE_DEADLINE_S", show_envvar=True,
+                     show_default=True, metavar="SECONDS", help="Seconds the extraction of an archive may take."),
+        click.option("--max-csv-rows", type=click.IntRange(1, None), default=DEFAULT_CSV_LIMITS.max_rows,
+                     envvar="MAX_CSV_ROWS", show_envvar=True, show_default=True, metavar="N",
+                     help="Most rows in a CSV manifest."),
+        click.option("--max-csv-field-bytes", type=click.IntRange(1, CSV_MODULE_FIELD_LIMIT),
+                     default=DEFAULT_CSV_LIMITS.max_field_bytes, envvar="MAX_CSV_FIELD_BYTES", show_envvar=True,
+                     show_default=True, metavar="BYTES", help="Most bytes in one cell of a CSV manifest."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _data_limits() -> dict[str, Any]:
+    """``archive_limits`` and ``csv_limits`` for the Runtime, from the flags of ``data_limit_options`` (if any)."""
+    context = click.get_current_context(silent=True)
+    flags = context.meta.get(_DATA_LIMITS_KEY) if context is not None else None
+    if not flags:
+        return {}
+    from photolabel.errors import ConfigError
+    from photolabel.limits import ArchiveLimits, CsvLimits
+
+    try:
+        archive = ArchiveLimits(max_total_bytes=flags["max_archive_bytes"], max_members=flags["max_archive_members"],
+                                max_ratio=flags["max_archive_ratio"], deadline_s=flags["archive_deadline"])
+        csv_limits = CsvLimits(max_rows=flags["max_csv_rows"], max_field_bytes=flags["max_csv_field_bytes"])
+    except ConfigError as exc:
+        flag = {"max_total_bytes": "--max-archive-bytes", "max_members": "--max-archive-members",
+                "max_ratio": "--max-archive-ratio", "deadline_s": "--archive-deadline", "max_rows": "--max-csv-rows",
+                "max_field_bytes": "--max-csv-field-bytes"}.get(exc.field or "", "a limit")
+        fail(f"{flag}: {exc}", EXIT_USAGE)
+    return {"archive_limits": archive, "csv_limits": csv_limits}
 
 
 def _head_params(values: Sequence[str]) -> dict[str, str]:
@@ -303,6 +382,7 @@ def main() -> None:
                                   "pip install 'photolabel[tensorboard]'. The model is the same with or without.")
 @answer_options
 @balance_and_search_options
+@data_limit_options
 @common_options
 def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction: float | None,
           backbone: str, head: str, head_param: Sequence[str], augment: int, finetune: bool, skip_bad: bool,
@@ -340,6 +420,7 @@ def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction
 
         run_safely(require_tensorboard)
         runtime = runtime.replace(tensorboard_dir=tensorboard)
+    _unwind_on_sigterm()
     result = run_safely(lambda: train_model(data, out, config, runtime, base_model=base_model, skip_bad=skip_bad))
     for problem in result.skipped:
         click.echo(f"warning: skipped {problem.message}", err=True)
@@ -456,6 +537,7 @@ def _expand_each(images: Sequence[str]) -> list[Any]:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write confusion_matrix.png and report.html into this folder.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
+@data_limit_options
 @common_options
 def evaluate(model_dir: str, data: str, as_json: bool, report_dir: Path | None, skip_bad: bool,
              threads: int | None, cache_dir: Path | None, batch_size: int, http_timeout: float,
@@ -646,10 +728,16 @@ def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, 
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port [default: API_PORT, else 8080].")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Job database, uploads and models [default: DATA_DIR, else ./data].")
-def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
+@click.option("--no-auth", is_flag=True, default=False,
+              help="Listen on a non-loopback --host without API_TOKEN: anyone who reaches the port may then train, "
+                   "delete models and upload [default: NO_AUTH, else refuse].")
+def serve(host: str | None, port: int | None, data_dir: Path | None, no_auth: bool) -> None:
     """Run the HTTP service: the static-transfer-learning service's /train and /infer, the /v1 API, the web page at /,
     Swagger at /api/doc. Configured by environment variables (DATA_DIR, API_PORT, ...);
-    these flags override them."""
+    these flags override them. With API_TOKEN (or API_TOKEN_FILE) set, training, deleting and every other
+    change need 'Authorization: Bearer <token>'; without one it listens only on a loopback address unless
+    --no-auth. SIGTERM stops it gracefully: /readyz answers 503 at once, a running
+    training job is queued again, and requests in progress get DRAIN_TIMEOUT_S (30) seconds to finish."""
     from pydantic import ValidationError
 
     from photolabel.adapters.http.settings import ServiceSettings
@@ -659,20 +747,39 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']).upper()}={error.get('input')!r}: {error['msg']}"
-            for error in exc.errors()
-        )
+        problems = "; ".join(_setting_problem(error) for error in exc.errors())
         fail(f"bad setting: {problems}")
+    from photolabel.adapters.http.auth import is_loopback_host
+
+    open_to_all = no_auth or settings.no_auth
+    if settings.bearer_token() is None and not is_loopback_host(settings.api_host):
+        if not open_to_all:
+            fail(f"refusing to listen on {settings.api_host} without a token: anyone who reaches it could train, "
+                 "delete models and fill the disk. Set API_TOKEN (or API_TOKEN_FILE), listen on 127.0.0.1 "
+                 "(--host), or pass --no-auth (NO_AUTH=true) to serve it open anyway")
+        click.echo(f"warning: listening on {settings.api_host} with no token (--no-auth): anyone who reaches the "
+                   "port may train, delete models and upload", err=True)
     import logging
 
-    import uvicorn
-
     from photolabel.adapters.http.app import create_app
+    from photolabel.adapters.http.lifecycle import serve_app
 
     # uvicorn configures only its own loggers; the service's (jobs, errors) go to stderr too.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+    # SIGTERM drains first (readyz 503, no new jobs, DRAIN_TIMEOUT_S for requests in progress); see lifecycle
+    from photolabel.adapters.http.server import protocol_for
+
+    # http: uvicorn's h11 protocol with HEADER_TIMEOUT_S and BODY_TIMEOUT_S for slow clients (see server.py)
+    serve_app(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
+              http=protocol_for(settings))
+
+
+def _setting_problem(error: Any) -> str:
+    """One bad setting of ``serve``, named as its variable; a token's value is never shown."""
+    name = ".".join(str(part) for part in error["loc"]).upper()
+    if not name or "TOKEN" in name:
+        return f"{name + ': ' if name else ''}{error['msg']}"
+    return f"{name}={error.get('input')!r}: {error['msg']}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -110,16 +110,16 @@ def test_413_body_too_large_declared_and_streamed(tmp_path: Path, cache_dir: Pat
                                                   jpeg: bytes) -> None:
     with running(make_settings(tmp_path, cache_dir, max_upload_bytes=1000, max_train_upload_bytes=2000)) as client:
         declared = predict_raw(client, model_id, jpeg)  # Content-Length says it all
-        assert "MAX_UPLOAD_BYTES=1000" in assert_error(declared, 413, "too_large")
+        assert "MAX_UPLOAD_BYTES=1000" in assert_error(declared, 413, "body_too_large")
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: the middleware counts
             for start in range(0, len(jpeg), 512):
                 yield jpeg[start:start + 512]
 
         streamed = predict_raw(client, model_id, chunks())  # type: ignore[arg-type]
-        assert_error(streamed, 413, "too_large")
+        assert_error(streamed, 413, "body_too_large")
         upload = client.post("/v1/train", files={"data": ("big.zip", b"x" * 5000, "application/zip")})
-        assert "MAX_TRAIN_UPLOAD_BYTES=2000" in assert_error(upload, 413, "too_large")
+        assert "MAX_TRAIN_UPLOAD_BYTES=2000" in assert_error(upload, 413, "body_too_large")
         assert client.get("/v1/jobs").json() == {"jobs": []}
         assert_alive(client)
 
@@ -135,7 +135,7 @@ def test_413_image_too_large(tmp_path: Path, cache_dir: Path, model_id: str, sma
         big = max(server.files, key=lambda path: len(server.files[path]))
         server.files[big] += b"\0" * 4000
         assert_error(client.post(f"/v1/models/{model_id}/predict", json={"urls": [f"{base}{big}"]}),
-                     413, "too_large")
+                     413, "download_too_large")
         assert_alive(client)
 
 
@@ -217,7 +217,8 @@ def test_422_unreachable_image_url(tmp_path: Path, cache_dir: Path, model_id: st
         assert url in message and "refused" in message
         assert_error(client.post(f"/v1/models/{model_id}/predict", json={"urls": [url]}), 422, "fetch_failed")
         assert_error(client.post("/infer", json={"model": {"uri": "", "sha1": model_id},
-                                                "image": {"url": "ftp://example.com/a.jpg"}}), 422, "fetch_failed")
+                                                "image": {"url": "ftp://example.com/a.jpg"}}),
+                     422, "unsupported_scheme")
         assert_alive(client)
 
 

@@ -271,7 +271,7 @@ def test_private_urls_are_refused_with_the_service_fetch_options(
         runner.start()
         _queue(registry, runner, "private", TrainSpec(data=str(manifest), urls_only=f"{base}/train.csv"))
         job = runner.wait("private", timeout=WAIT_S)
-    assert (job.status, job.error_code) == ("error", "fetch_failed")
+    assert (job.status, job.error_code) == ("error", "url_blocked")
     assert job.error is not None and "private address refused" in job.error
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
-from support import closed_port
+from support import closed_port, wait_until_live
 
 
 def _start(data_dir: Path, cache_dir: Path, port: int, log: Path) -> subprocess.Popen:
@@ -21,15 +21,8 @@ def _start(data_dir: Path, cache_dir: Path, port: int, log: Path) -> subprocess.
            "API_HOST": "127.0.0.1", "TRAIN_THREADS": "1"}
     server = subprocess.Popen([sys.executable, "-m", "photolabel.adapters.cli", "serve", "--port", str(port)],
                               env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("the server did not start within 30 s")
+    wait_until_live(server, f"http://127.0.0.1:{port}", log, 30)
+    return server
 
 
 def _archive(small_data: Path) -> bytes:

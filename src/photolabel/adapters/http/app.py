@@ -19,11 +19,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from photolabel import __version__
+from photolabel.adapters.http.auth import BearerAuth, document_bearer_auth
 from photolabel.adapters.http.batching import PredictorCache
 from photolabel.adapters.http.deps import Service
 from photolabel.adapters.http.errors import NotFoundError, install_error_handlers
 from photolabel.adapters.http.jobs import JobRunner
-from photolabel.adapters.http.middleware import BodySizeLimit
+from photolabel.adapters.http.lifecycle import Drain, DrainGate
+from photolabel.adapters.http.middleware import BodySizeLimit, FetchSlots
 from photolabel.adapters.http.routes import health, models, predict, seed, training
 from photolabel.adapters.http.settings import ServiceSettings
 from photolabel.adapters.http.store import Registry
@@ -50,6 +52,7 @@ Every error answers `{"error": {"code", "message"}}`.
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The service as an ASGI app. ``settings`` default to the environment, read now."""
     settings = settings or ServiceSettings()
+    drain = Drain(settings.drain_timeout_s)  # SIGTERM: see lifecycle.serve_app
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,7 +62,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         registry = Registry(data_dir / DB_NAME)
         runner = JobRunner(registry, data_dir=data_dir, cache_dir=cache_dir, fetch_options=settings.fetch_options(),
                            workers=settings.train_workers, threads=settings.train_threads,
-                           tensorboard=settings.tensorboard_logs_enabled)
+                           tensorboard=settings.tensorboard_logs_enabled,
+                           upload_retention_s=None if settings.keep_uploads else settings.upload_retention_s)
 
         def load(_model_id: str, path: str) -> Model:
             return Model.load(path, threads=settings.threads, cache_dir=cache_dir,
@@ -72,20 +76,30 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if recovered:
             logger.info("requeued or failed %d job(s) interrupted by the last stop", len(recovered))
         app.state.service = Service(settings, registry, runner, predictors, cache_dir)
+        # draining stops the runner at once: a running job is queued again (its child cleans up on SIGTERM)
+        drain.on_begin(lambda: runner.stop(10, requeue=True))
         try:
             yield
         finally:
             predictors.close()
-            await run_in_threadpool(runner.stop, 10)
+            await run_in_threadpool(lambda: runner.stop(10, requeue=True))
             registry.close()
 
     app = FastAPI(
         title="photolabel", version=__version__, description=_DESCRIPTION, lifespan=lifespan,
         docs_url="/api/doc", openapi_url="/api/openapi.json", redoc_url=None,
     )
+    app.state.drain = drain
     install_error_handlers(app)
+    # at most FETCH_REQUEST_SLOTS requests that download URLs at once: they never hold every thread
+    app.add_middleware(FetchSlots, slots=settings.fetch_request_slots, wait_s=settings.http_timeout)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        per_path={"/v1/train": (settings.max_train_upload_bytes, "MAX_TRAIN_UPLOAD_BYTES")})
+    app.add_middleware(DrainGate, drain=drain)  # counts requests in flight; no new jobs while draining
+    token = settings.bearer_token()
+    if token is not None:  # outermost: a request without the token reaches nothing else (see auth.py)
+        app.add_middleware(BearerAuth, token=token, predict_requires_token=settings.predict_requires_token)
+        document_bearer_auth(app, predict_requires_token=settings.predict_requires_token)
     app.include_router(seed.router)
     app.include_router(training.router)
     app.include_router(models.router)

@@ -10,9 +10,16 @@ only watches exit codes: a child that exits without recording a result leaves it
 in error ("training process died").
 
 A job still ``in_progress`` when the server stops (or crashes) is requeued by the
-next :meth:`JobRunner.start` (see :meth:`Registry.recover_interrupted`). Model
+next :meth:`JobRunner.start` (see :meth:`Registry.recover_interrupted`); an orderly stop
+(``stop(requeue=True)``, the service's drain) requeues it at once. Model
 directories are written atomically by :func:`photolabel.train`, so a killed child
 never leaves half a model.
+
+Each child keeps its temporary files in a folder of its own, ``DATA_DIR/tmp/job-<host>-<pid>-...``,
+removed when it ends, SIGTERM included; :meth:`JobRunner.start` removes those of children
+that were killed outright (SIGKILL, a crash), and the staging folders they left beside models.
+A job that runs out of disk space fails with the code ``insufficient_storage``; the model it
+was replacing, if any, is left as it was.
 """
 
 from __future__ import annotations
@@ -23,20 +30,26 @@ import ctypes
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from photolabel.adapters.http.job_kinds import JobContext, get_job_kind
 from photolabel.adapters.http.store import Job, Registry
-from photolabel.errors import PhotolabelError
+from photolabel.artifact import sweep_leftovers
+from photolabel.errors import DataError, InsufficientStorageError, PhotolabelError
 from photolabel.fetch import FetchOptions
+from photolabel.fsutil import is_storage_full, owner_gone, process_tag
 
 log = logging.getLogger("photolabel.http.jobs")
 
@@ -45,6 +58,35 @@ DEFAULT_MAX_ATTEMPTS = 3
 _POLL_S = 0.1  # how often the dispatcher looks at its children
 _RESCAN_S = 2.0  # how often it looks for queued jobs nobody told it about
 _PR_SET_PDEATHSIG = 1
+TEMP_DIR_NAME = "tmp"  # DATA_DIR/tmp: the children's temporary folders
+_CHILD_TEMP = re.compile(r"^job-(?P<host>[A-Za-z0-9.]+)-(?P<pid>[0-9]+)-")
+REQUEUED_STAGE = "queued again: the service stopped"
+
+
+def temp_root(data_dir: str | Path) -> Path:
+    """``DATA_DIR/tmp``, where each job's child keeps its temporary folder."""
+    return Path(data_dir) / TEMP_DIR_NAME
+
+
+def sweep_stale_files(data_dir: str | Path) -> list[Path]:
+    """Remove what killed children left: their temporary folders under ``DATA_DIR/tmp`` and the staging
+    folders beside ``DATA_DIR/models/*`` (a model left aside half-way through publishing is restored).
+    Only leftovers of processes that no longer run are touched. Returns the paths removed or restored."""
+    swept: list[Path] = []
+    root = temp_root(data_dir)
+    with contextlib.suppress(OSError):
+        for entry in sorted(root.iterdir()):
+            match = _CHILD_TEMP.match(entry.name)
+            if match is None or not owner_gone(match["host"], match["pid"]):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            if not os.path.lexists(entry):
+                swept.append(entry)
+    swept += sweep_leftovers(Path(data_dir) / "models")
+    return swept
 
 
 # --- the parent: dispatcher thread ------------------------------------------------------------
@@ -76,6 +118,7 @@ class JobRunner:
         threads: int = 1,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         tensorboard: bool = False,
+        upload_retention_s: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -88,6 +131,9 @@ class JobRunner:
         self.workers = workers
         self.threads = threads
         self.tensorboard = tensorboard
+        # uploads: None keeps them all (KEEP_UPLOADS); else see sweep_uploads (UPLOAD_RETENTION_S)
+        self.upload_retention_s = upload_retention_s
+        self._last_upload_sweep = float("-inf")
         self.max_attempts = max_attempts
         self._children: dict[str, _Child] = {}
         self._lock = threading.Lock()
@@ -103,6 +149,8 @@ class JobRunner:
         """
         if self._thread is not None and self._thread.is_alive():
             return []
+        for path in sweep_stale_files(self.data_dir):
+            log.info("removed %s, left by a training process that was killed", path.name)
         recovered = self.registry.recover_interrupted(self.max_attempts)
         for job in recovered:
             log.info("job %s: %s", job.job_id, job.stage if job.status == "queued" else job.error)
@@ -117,19 +165,30 @@ class JobRunner:
         """Wake the dispatcher: job ``job_id`` has been queued in the registry."""
         self._wake.set()
 
-    def stop(self, timeout: float = 10) -> None:
-        """Stop dispatching and end running children (SIGTERM, then SIGKILL after ``timeout`` s).
+    def stop(self, timeout: float = 10, *, requeue: bool = False) -> list[str]:
+        """Stop dispatching and end running children (SIGTERM, then SIGKILL after ``timeout`` s); each
+        child removes its temporary files on SIGTERM.
 
-        Their jobs stay in_progress; the next :meth:`start` requeues them.
+        Their jobs stay in_progress, and the next :meth:`start` requeues them; with ``requeue`` they
+        are queued again now, the attempt not counted (an orderly stop is not the job's failure).
+        Returns the ids of the jobs that were running.
         """
         thread = self._thread
         if thread is None:
-            return
+            return []
+        with self._lock:
+            running = {job_id: child.attempt for job_id, child in self._children.items()}
         self._stop_timeout = timeout
         self._stopping.set()
         self._wake.set()
         thread.join(timeout + 5)
         self._thread = None
+        if requeue:
+            for job_id, attempt in running.items():
+                if self.registry.update_job(job_id, expect_status="in_progress", status="queued",
+                                            stage=REQUEUED_STAGE, progress=0.0, attempts=max(attempt - 1, 0)):
+                    log.info("job %s: queued again (the service is stopping)", job_id)
+        return sorted(running)
 
     def running(self) -> dict[str, int]:
         """``{job_id: pid}`` of the children running now."""
@@ -170,10 +229,22 @@ class JobRunner:
                     if woken or finished or now - last_scan >= _RESCAN_S:
                         last_scan = now
                         self._launch_queued()
+                    self._sweep_uploads_when_due(finished)
                 except Exception:  # keep dispatching: one bad database moment must not end the service's jobs
                     log.exception("job dispatcher: unexpected error")
         finally:
             self._end_children()
+
+    def _sweep_uploads_when_due(self, finished: int) -> None:
+        """Remove the uploads no job needs (:func:`sweep_uploads`) when a job has ended, and every minute."""
+        if self.upload_retention_s is None:
+            return
+        now = time.monotonic()
+        if not finished and now - self._last_upload_sweep < SWEEP_UPLOADS_EVERY_S:
+            return
+        self._last_upload_sweep = now
+        for path in sweep_uploads(self.registry, self.data_dir, self.upload_retention_s):
+            log.info("removed the upload %s: no job needs it any more", path.name)
 
     def _launch_queued(self) -> None:
         while len(self._children) < self.workers and not self._stopping.is_set():
@@ -246,6 +317,89 @@ class JobRunner:
             self._children.clear()
 
 
+# --- uploads: removed once no job needs them (UPLOAD_RETENTION_S, KEEP_UPLOADS) ------------------------
+
+UPLOADS_DIR_NAME = "uploads"  # DATA_DIR/uploads: training files uploaded to the service or fetched by POST /train
+UPLOAD_GRACE_S = 60.0  # a file written this recently may belong to a job being created this moment
+STALE_PARTIAL_UPLOAD_S = 3600.0  # a half-written upload (".<name>.tmp") untouched this long was abandoned
+SWEEP_UPLOADS_EVERY_S = 60.0
+
+
+class UploadRemovedError(DataError):
+    """A job run again after its uploaded data was removed (the job ended and the retention passed)."""
+
+    code = "upload_removed"
+
+
+def sweep_uploads(registry: Registry, data_dir: str | Path, retention_s: float, *,
+                  now: float | None = None) -> list[Path]:
+    """Remove the files of ``DATA_DIR/uploads`` that no job needs any more; returns those removed.
+
+    A file stays while a queued or running job uses it, for ``retention_s`` seconds after a job
+    that uses it failed (so that a retry can run), and for :data:`UPLOAD_GRACE_S` after it was
+    written (its job may be being created). The file of a job that succeeded goes when the job
+    ends, and a file no job names (a refused upload) once the grace has passed; half-written
+    ones (``.<name>.tmp``) go once untouched for :data:`STALE_PARTIAL_UPLOAD_S`.
+    """
+    folder = Path(data_dir) / UPLOADS_DIR_NAME
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    now = time.time() if now is None else now
+    keep_until: dict[Path, float] = {}
+    for job in registry.list_jobs(limit=2**62):
+        data = job.spec.get("data") if isinstance(job.spec, dict) else None
+        if not isinstance(data, str):
+            continue
+        path = Path(data).absolute()
+        if job.status in ("queued", "in_progress"):
+            until = float("inf")
+        else:
+            until = _epoch(job.updated_at) + (retention_s if job.status == "error" else 0.0)
+        keep_until[path] = max(keep_until.get(path, float("-inf")), until)
+    removed: list[Path] = []
+    for entry in entries:
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not (entry.is_file() or entry.is_symlink()):
+            continue
+        if entry.name.startswith("."):
+            if now - info.st_mtime < STALE_PARTIAL_UPLOAD_S:
+                continue
+        elif now - info.st_mtime < UPLOAD_GRACE_S or now < keep_until.get(entry.absolute(), float("-inf")):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of a registry time (``2024-05-01T12:00:00.123456Z``); 0 if unreadable."""
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _check_upload(job: Job, data_dir: str | Path) -> None:
+    """Refuse, with a message that says what to do, to run a job whose upload was removed after it ended."""
+    data = job.spec.get("data") if isinstance(job.spec, dict) else None
+    if not isinstance(data, str):
+        return
+    path = Path(data).absolute()
+    if path.parent != (Path(data_dir) / UPLOADS_DIR_NAME).absolute() or path.exists():
+        return
+    raise UploadRemovedError(
+        f"the data this job trains on (DATA_DIR/{UPLOADS_DIR_NAME}/{path.name}) was removed after the job ended: "
+        "the service keeps the data of a failed job for UPLOAD_RETENTION_S seconds (KEEP_UPLOADS=true keeps it "
+        f"always). Upload the same file again with the same fields to POST /v1/train, then POST "
+        f"/v1/jobs/{job.job_id}/retry")
+
+
 # --- the child: one job run --------------------------------------------------------------------
 
 
@@ -300,16 +454,24 @@ def run_job(
                          fetch_options=fetch_options, threads=threads, progress=_ProgressWriter(registry, job_id),
                          tensorboard=tensorboard)
     try:
+        _check_upload(job, data_dir)
         handler = get_job_kind(job.kind)
         record = handler(context)
-    except PhotolabelError as exc:
-        registry.update_job(job_id, status="error", stage="failed", error_code=exc.code,
-                            error=_public_message(str(exc), data_dir))
     except Exception as exc:
-        print(f"photolabel: job {job_id} failed unexpectedly:", file=sys.stderr)
-        traceback.print_exc()
-        registry.update_job(job_id, status="error", stage="failed", error_code="internal",
-                            error=f"internal error: {type(exc).__name__}: {exc}")
+        if is_storage_full(exc):  # ENOSPC, EDQUOT or EFBIG, whichever layer wrapped it
+            print(f"photolabel: job {job_id}: out of storage space: {exc}", file=sys.stderr)
+            registry.update_job(job_id, status="error", stage="failed", error_code=InsufficientStorageError.code,
+                                error=f"the server ran out of storage space while running the job; the model it "
+                                      f"would replace, if any, is unchanged. Free some space, then "
+                                      f"POST /v1/jobs/{job_id}/retry")
+        elif isinstance(exc, PhotolabelError):
+            registry.update_job(job_id, status="error", stage="failed", error_code=exc.code,
+                                error=_public_message(str(exc), data_dir))
+        else:
+            print(f"photolabel: job {job_id} failed unexpectedly:", file=sys.stderr)
+            traceback.print_exc()
+            registry.update_job(job_id, status="error", stage="failed", error_code="internal",
+                                error=_public_message(f"internal error: {type(exc).__name__}: {exc}", data_dir))
     else:
         if record is not None:
             registry.add_model(record)
@@ -347,8 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit at once if this is not our parent")
     args = parser.parse_args(argv)
     _become_background_child(args.parent_pid)
-    registry = Registry(args.db_path)
+    temp = _own_temp_dir(args.data_dir)
+    signal.signal(signal.SIGTERM, _end_on_sigterm)
+    registry: Registry | None = None
     try:
+        registry = Registry(args.db_path)
         run_job(registry, args.job_id, data_dir=args.data_dir, cache_dir=args.cache_dir,
                 fetch_options=FetchOptions(**json.loads(args.fetch_options)), threads=args.threads,
                 tensorboard=args.tensorboard)
@@ -356,8 +521,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"photolabel: no job {args.job_id} in {args.db_path}", file=sys.stderr)
         return 2
     finally:
-        registry.close()
+        if registry is not None:
+            registry.close()
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
     return 0
+
+
+def _own_temp_dir(data_dir: Path) -> Path | None:
+    """A temporary folder for this child under ``DATA_DIR/tmp`` (named with our host and pid, so that the server
+    can tell a killed child's), made the default of :mod:`tempfile` and of what we start. None if it cannot be
+    made: the system's temporary folder is used then."""
+    try:
+        root = temp_root(data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=root, prefix=f"job-{process_tag()}-"))
+    except OSError as exc:
+        print(f"photolabel: cannot make a temporary folder under {temp_root(data_dir)}: {exc}", file=sys.stderr)
+        return None
+    tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)
+    return folder
+
+
+def _end_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (the server stops): unwind, so that every ``finally`` removes what it made; a second one is ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
