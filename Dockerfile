@@ -1,6 +1,9 @@
 # photolabel: CPU image running `photolabel serve` on port 8080.
 #   docker build -t photolabel .
-#   docker run -p 8080:8080 -v photolabel-data:/data photolabel
+#   docker run -p 8080:8080 -v photolabel-data:/data -e API_TOKEN="$(openssl rand -hex 24)" photolabel
+# The container listens on 0.0.0.0, so `photolabel serve` needs API_TOKEN (or API_TOKEN_FILE, e.g. a
+# Docker secret under /run/secrets/) and refuses to start without one, unless NO_AUTH=true says that
+# it is meant to be open.
 #   docker run -i -v "$PWD:/work" -w /work photolabel photolabel worker -d dataset -c dog cat
 # The set-up step is the README's own (scripts/setup.sh), so the tested path and the
 # container path cannot drift apart.
