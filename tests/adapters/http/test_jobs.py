@@ -93,6 +93,12 @@ def reference_model_id(trained_model: Path) -> str:
     return photolabel.load_model(trained_model).model_id
 
 
+def _published_models(data_dir: Path) -> list[str]:
+    """The model folders under DATA_DIR/models (named by model id; staging folders are hidden)."""
+    models = data_dir / "models"
+    return sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) if models.is_dir() else []
+
+
 def _queue(registry: Registry, runner: JobRunner, job_id: str, spec: TrainSpec) -> Job:
     job, created = registry.create_job(job_id, "train", spec.to_dict())
     assert created
@@ -183,8 +189,9 @@ def test_job_goes_from_queued_to_ready_with_progress_and_the_model_train_gives(
     job = runner.wait(job_id, timeout=1)
     assert (job.attempts, job.error_code, job.error) == (1, None, None)
     assert job.model_id == reference_model_id  # content-addressed: same images, config and seed
-    model_dir = model_dir_for(data_dir, job_id)
-    assert model_dir == data_dir / "models" / job_id
+    model_dir = model_dir_for(data_dir, reference_model_id)  # one folder per model, named by its id
+    assert model_dir == data_dir / "models" / reference_model_id
+    assert sorted(p.name for p in (data_dir / "models").iterdir()) == [reference_model_id]  # no staging left
     assert photolabel.load_model(model_dir).model_id == reference_model_id
     record = registry.get_model(job_id)
     assert record is not None
@@ -208,7 +215,7 @@ def test_corrupt_image_ends_in_error_naming_the_file_and_leaves_no_model(
     assert (job.status, job.error_code) == ("error", "bad_image")
     assert job.error is not None and f"halter/{victim.name}" in job.error and "\n" not in job.error
     assert job.to_dict()["error"]["code"] == "bad_image"
-    assert not model_dir_for(data_dir, "bad").exists()
+    assert _published_models(data_dir) == []
     assert registry.list_models() == []
 
 
@@ -223,7 +230,7 @@ def test_urls_only_csv_listing_local_paths_ends_in_error(
     job = runner.wait("paths", timeout=WAIT_S)
     assert (job.status, job.error_code) == ("error", "bad_data")
     assert job.error is not None and "only list http(s) URLs" in job.error and job.error.startswith("upload line 1")
-    assert not model_dir_for(data_dir, "paths").exists()
+    assert _published_models(data_dir) == []
 
 
 class _SmallDataFiles(QuietHandler):
@@ -287,7 +294,7 @@ def test_child_killed_from_outside_is_recorded_as_died(
     job = runner.wait("victim", timeout=WAIT_S)
     assert (job.status, job.error_code) == ("error", "process_died")
     assert job.error == "training process died (exit code -9, SIGKILL)"
-    assert not model_dir_for(data_dir, "victim").exists()
+    assert _published_models(data_dir) == []
     assert runner.running() == {}
 
 
@@ -308,7 +315,8 @@ def test_stop_leaves_the_job_in_progress_and_the_next_start_resumes_it(
     assert [(j.job_id, j.status, j.stage) for j in recovered] == [("resume", "queued", "resumed after restart")]
     job = again.wait("resume", timeout=WAIT_S)
     assert (job.status, job.attempts) == ("ready", 2)
-    assert photolabel.load_model(model_dir_for(data_dir, "resume")).model_id == job.model_id
+    assert job.model_id is not None
+    assert photolabel.load_model(model_dir_for(data_dir, job.model_id)).model_id == job.model_id
 
 
 def test_a_crashed_server_takes_its_child_along_and_the_job_resumes(
@@ -334,7 +342,7 @@ def test_a_crashed_server_takes_its_child_along_and_the_job_resumes(
     assert _process_gone(child_pid), "the training child outlived its server"
     job = registry.get_job("crash")
     assert job is not None and job.status == "in_progress"
-    assert not model_dir_for(data_dir, "crash").exists()
+    assert _published_models(data_dir) == []
 
     runner = make_runner(Registry(registry.db_path), cache=cold_cache)
     assert [j.job_id for j in runner.start()] == ["crash"]

@@ -13,15 +13,21 @@ registered when this module is imported: the job's child process
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from photolabel.adapters.http.store import Job, ModelRecord, Registry, utc_now
+from photolabel.artifact import read_model_dir
 from photolabel.config import TRAIN_DEFAULTS, Runtime, TrainConfig
-from photolabel.errors import UnknownNameError
+from photolabel.errors import ModelError, UnknownNameError
 from photolabel.fetch import FetchOptions
+from photolabel.fsutil import exchange_paths, owner_gone, process_tag
 from photolabel.limits import ArchiveLimits, CsvLimits
 
 TRAIN_KIND = "train"
@@ -133,9 +139,61 @@ def _limits(cls: Any, values: Any) -> Any:
     return cls(**{key: value for key, value in (values or {}).items() if key in known})
 
 
-def model_dir_for(data_dir: str | Path, job_id: str) -> Path:
-    """Where the model of job ``job_id`` is written: ``DATA_DIR/models/<job_id>``."""
-    return Path(data_dir) / "models" / job_id
+MODELS_DIR_NAME = "models"  # DATA_DIR/models/<model_id>: one folder per model, however it arrived
+STAGING_PREFIX = ".job-"  # DATA_DIR/models/.job-<host>-<pid>-<name>: a model being trained or imported
+
+
+def model_dir_for(data_dir: str | Path, model_id: str) -> Path:
+    """Where the service keeps model ``model_id``: ``DATA_DIR/models/<model_id>``, whether a job trained it,
+    it was imported (``POST /v1/models``) or registered at start (``serve --models``). Rows written by older
+    versions keep their paths (``DATA_DIR/models/<job_id>``)."""
+    return Path(data_dir) / MODELS_DIR_NAME / model_id
+
+
+def staging_dir_for(data_dir: str | Path, name: str) -> Path:
+    """A folder beside the models (same file system) where one model is written before it is published under its
+    id; named with this process's host and pid, so that :func:`sweep_staging` can tell one a dead process left."""
+    return Path(data_dir) / MODELS_DIR_NAME / f"{STAGING_PREFIX}{process_tag()}-{name}"
+
+
+_STAGING = re.compile(r"^\.job-(?P<host>[A-Za-z0-9.]+)-(?P<pid>[0-9]+)-")
+
+
+def sweep_staging(data_dir: str | Path) -> list[Path]:
+    """Remove the staging folders (:func:`staging_dir_for`) of processes that no longer run; the paths removed."""
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for entry in sorted((Path(data_dir) / MODELS_DIR_NAME).iterdir()):
+            match = _STAGING.match(entry.name)
+            if match is None or not owner_gone(match["host"], match["pid"]):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            if not os.path.lexists(entry):
+                removed.append(entry)
+    return removed
+
+
+def publish_model_dir(staging: Path, data_dir: str | Path, model_id: str) -> Path:
+    """Move the checked model folder ``staging`` to ``DATA_DIR/models/<model_id>`` and return that path.
+
+    A folder already there that holds this model, its hashes checked, is kept (the same id is the same model) and
+    ``staging`` removed; anything else there is replaced in one atomic step where the system allows it.
+    """
+    target = model_dir_for(data_dir, model_id)
+    if not target.exists():
+        os.rename(staging, target)
+        return target
+    try:
+        kept = read_model_dir(target).card.model_id == model_id
+    except ModelError:
+        kept = False
+    if not kept and not exchange_paths(staging, target):  # exchanged: staging now holds what was there
+        aside = staging.with_name(staging.name + ".old")
+        os.rename(target, aside)
+        os.rename(staging, target)
+        staging = aside
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def tensorboard_dir_for(data_dir: str | Path, job_id: str) -> Path:
@@ -160,12 +218,15 @@ def train_job(context: JobContext) -> ModelRecord:
     dataset = load_dataset(spec.data, classes=config.classes, skip_bad=spec.skip_bad,
                            fetch_options=context.fetch_options, urls_only=spec.urls_only,
                            archive_limits=archive_limits, csv_limits=csv_limits)
+    # written beside the models under a staging name, then published under its model id (DATA_DIR/models/<id>)
+    staging = staging_dir_for(context.data_dir, job_id)
     try:
-        result = train(dataset, model_dir_for(context.data_dir, job_id), config, runtime, skip_bad=spec.skip_bad,
-                       on_progress=context.progress)
+        result = train(dataset, staging, config, runtime, skip_bad=spec.skip_bad, on_progress=context.progress)
+        path = publish_model_dir(staging, context.data_dir, result.model_id)
     finally:
         dataset.close()
-    return ModelRecord(model_id=result.model_id, job_id=job_id, path=str(result.path),
+        shutil.rmtree(staging, ignore_errors=True)
+    return ModelRecord(model_id=result.model_id, job_id=job_id, path=str(path),
                        labels=list(result.model.labels), backbone=config.backbone, head=result.model.card.head.name,
                        uri=spec.model_uri, created_at=utc_now())
 

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from photolabel.adapters.http.job_kinds import JobContext, get_job_kind
+from photolabel.adapters.http.job_kinds import JobContext, get_job_kind, sweep_staging
 from photolabel.adapters.http.store import Job, Registry
 from photolabel.artifact import sweep_leftovers
 from photolabel.errors import DataError, InsufficientStorageError, PhotolabelError
@@ -69,8 +69,9 @@ def temp_root(data_dir: str | Path) -> Path:
 
 
 def sweep_stale_files(data_dir: str | Path) -> list[Path]:
-    """Remove what killed children left: their temporary folders under ``DATA_DIR/tmp`` and the staging
-    folders beside ``DATA_DIR/models/*`` (a model left aside half-way through publishing is restored).
+    """Remove what killed children left: their temporary folders under ``DATA_DIR/tmp``, the staging
+    folders beside ``DATA_DIR/models/*`` (a model left aside half-way through publishing is restored) and the
+    ``DATA_DIR/models/.job-<host>-<pid>-*`` folders a model was trained or imported into before it got its id.
     Only leftovers of processes that no longer run are touched. Returns the paths removed or restored."""
     swept: list[Path] = []
     root = temp_root(data_dir)
@@ -86,6 +87,7 @@ def sweep_stale_files(data_dir: str | Path) -> list[Path]:
             if not os.path.lexists(entry):
                 swept.append(entry)
     swept += sweep_leftovers(Path(data_dir) / "models")
+    swept += sweep_staging(data_dir)  # models being trained or imported by a process that died
     return swept
 
 

@@ -15,11 +15,26 @@ class ApiError extends Error {
   }
 }
 
-function errorText(err) {
+// What the page shows of an error ({code, message}, an ApiError or a string): its message as a sentence, never
+// its code. The service words a failed image "SOURCE: cannot fetch SOURCE: why"; the page names SOURCE once, and
+// not at all when `shown` (the image's name, already on screen beside the error) is SOURCE.
+function errorText(err, shown = "") {
+  let text = "";
   if (err && typeof err === "object" && (err.code || err.message)) {
-    return err.code ? `${err.code}: ${err.message || ""}`.trim() : String(err.message);
+    text = err.message ? String(err.message) : String(err.code).replace(/_/g, " ");
+  } else {
+    text = String(err ?? "");
   }
-  return String(err);
+  text = text.trim();
+  const lead = text.match(/^(\S+): /);
+  if (lead && (lead[1] === shown || text.slice(lead[0].length).includes(lead[1]))) {
+    text = text.slice(lead[0].length);
+  }
+  if (shown) text = text.split(shown).join("the image");  // "cannot fetch the image: HTTP 404 Not Found"
+  if (!text) return "Something went wrong.";
+  // a plain first word starts with a capital; a file name or URL stays as it is
+  if (/^[a-z][a-z'-]*(\s|$)/.test(text)) text = text[0].toUpperCase() + text.slice(1);
+  return /[.!?)]$/.test(text) ? text : `${text}.`;
 }
 
 // The service's token (API_TOKEN), if it asks for one: typed at the top of the page, kept in this tab only.
@@ -180,6 +195,7 @@ async function showModel(key) {
   $("model-empty").hidden = true;
   $("model-details").hidden = false;
   $("model-id").textContent = modelKey(m);
+  $("model-download").href = `/v1/models/${encodeURIComponent(modelKey(m))}/archive`;
   $("model-labels").textContent = labelsOf(m).join(", ");
   $("model-backbone").textContent = nameOf(m.backbone ?? (m.config && m.config.backbone));
   $("model-head").textContent = nameOf(m.head ?? (m.config && m.config.head));
@@ -189,6 +205,29 @@ async function showModel(key) {
   $("model-unknown").textContent = unknownText(m);
   renderValidation((m.metrics && m.metrics.validation) || m.validation || null, labelsOf(m));
 }
+
+// Delete the selected model, once the user has confirmed it.
+$("model-delete").addEventListener("click", async () => {
+  const key = select.value;
+  if (!key) return;
+  const labels = (models.find((m) => modelKey(m) === key) || {}).labels || [];
+  const named = `${key.slice(0, 12)}${labels.length ? ` (${labels.join(", ")})` : ""}`;
+  if (!window.confirm(`Delete model ${named}? Its files are removed from the server; this cannot be undone.`)) {
+    return;
+  }
+  clearError($("model-error"));
+  const button = $("model-delete");
+  button.disabled = true;
+  try {
+    await api(`/v1/models/${encodeURIComponent(key)}`, { method: "DELETE" });
+    resetPrediction();
+    await loadModels("");
+  } catch (err) {
+    showError($("model-error"), err);
+  } finally {
+    button.disabled = false;
+  }
+});
 
 function calibrationText(m) {
   const c = m.calibration;
@@ -271,6 +310,8 @@ let predictRequest = 0;
 
 function resetPrediction() {
   $("predict-output").hidden = true;
+  $("predict-cards").hidden = true;
+  $("predict-cards").replaceChildren();
   clearError($("predict-error"));
 }
 
@@ -316,6 +357,66 @@ async function predict(file) {
   }
 }
 
+// Several images at once: one request, one result card per image (in the order they were given).
+async function predictMany(files) {
+  const ticket = ++predictRequest;
+  resetPrediction();
+  setPreview(null);
+  const key = select.value;
+  if (!key) {
+    showError($("predict-error"), "No model selected: train one first.");
+    return;
+  }
+  $("predict-status").textContent = `Predicting ${files.length} images…`;
+  $("predict-result").setAttribute("aria-busy", "true");
+  const form = new FormData();
+  for (const file of files) form.append("images", file, file.name);
+  try {
+    const body = await api(`/v1/models/${encodeURIComponent(key)}/predict`, { method: "POST", body: form });
+    if (ticket !== predictRequest) return;
+    renderCards(body.predictions || [], files);
+    $("predict-status").textContent = `${files.length} images`;
+  } catch (err) {
+    if (ticket !== predictRequest) return;
+    $("predict-status").textContent = `No predictions for these ${files.length} images.`;
+    showError($("predict-error"), err);
+  } finally {
+    if (ticket === predictRequest) $("predict-result").setAttribute("aria-busy", "false");
+  }
+}
+
+function renderCards(predictions, files) {
+  const list = $("predict-cards");
+  list.replaceChildren();
+  files.forEach((file, i) => {
+    const p = predictions[i];
+    const card = document.createElement("li");
+    card.className = "result-card";
+    card.setAttribute("data-testid", "predict-card");
+    card.append(cell("h3", (p && p.image) || file.name));
+    if (!p || p.error) {
+      const error = p && p.error ? p.error : { code: "empty", message: "the server returned no prediction" };
+      card.append(cell("p", errorText(error, (p && p.image) || file.name),
+        { class: "error", "data-testid": "predict-card-error" }));
+    } else {
+      const unknown = p.unknown === true;
+      const label = cell("strong", unknown ? "unknown" : p.label, { "data-testid": "predict-card-label" });
+      if (unknown) label.classList.add("unknown");
+      const line = document.createElement("p");
+      line.append("Label: ", label);
+      const top = rankedScores(p.scores).slice(0, 3).map(([l, prob]) => `${l} ${pct(prob)}`).join(" · ");
+      card.append(line, cell("p", top, { class: "muted", "data-testid": "predict-card-scores" }));
+    }
+    list.append(card);
+  });
+  list.hidden = false;
+}
+
+function predictFiles(files) {
+  if (files.length === 1) predict(files[0]);
+  else if (files.length > 1) predictMany(files);
+}
+
 function renderPrediction(p, name) {
   $("predict-status").textContent = name;
   // "unknown": the image is unlike the model's training images, or the model is not confident enough.
@@ -350,8 +451,8 @@ function renderPrediction(p, name) {
 }
 
 fileInput.addEventListener("change", () => {
-  if (fileInput.files.length) predict(fileInput.files[0]);
-  fileInput.value = "";  // choosing the same file again predicts again
+  predictFiles([...fileInput.files]);
+  fileInput.value = "";  // choosing the same files again predicts again
 });
 for (const type of ["dragenter", "dragover"]) {
   drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -361,8 +462,7 @@ for (const type of ["dragleave", "drop"]) {
 }
 drop.addEventListener("drop", (e) => {
   e.preventDefault();
-  const file = e.dataTransfer && e.dataTransfer.files[0];
-  if (file) predict(file);
+  predictFiles(e.dataTransfer ? [...e.dataTransfer.files] : []);
 });
 
 // ---------- train ----------
