@@ -3,7 +3,9 @@
 >>> import photolabel
 >>> result = photolabel.train("examples/fashion-tiny", "models/fashion")   # doctest: +SKIP
 >>> model = photolabel.load_model("models/fashion")                         # doctest: +SKIP
->>> model.predict(["photo.jpg"])[0].label                                   # doctest: +SKIP
+>>> model.predict("photo.jpg").label                                        # doctest: +SKIP
+>>> photolabel.evaluate(model, [("a.jpg", "cat"), ("b.jpg", "dog")])        # doctest: +SKIP
+>>> clf = photolabel.Classifier().fit(paths, labels)                        # doctest: +SKIP (scikit-learn)
 """
 
 from __future__ import annotations
@@ -28,7 +30,17 @@ from photolabel.heads import list_heads
 from photolabel.model import Model, Prediction, load_model
 from photolabel.training import TrainResult, train
 
+
+def __getattr__(name: str) -> object:
+    if name == "Classifier":  # scikit-learn's estimator machinery, imported when first used
+        from photolabel.estimator import Classifier
+
+        return Classifier
+    raise AttributeError(f"module 'photolabel' has no attribute {name!r}")
+
+
 __all__ = [
+    "Classifier",
     "ConfigError",
     "DataError",
     "FetchError",

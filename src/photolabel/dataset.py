@@ -74,6 +74,26 @@ def parse_label_list(values: str | Sequence[Any] | None) -> tuple[str, ...] | No
     return tuple(names) or None
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    """The same bytes listed again with the same label: kept once, as ``kept``; ``source`` is the repeat."""
+
+    sha256: str
+    label: str
+    kept: str
+    source: str
+
+
+def describe_duplicates(duplicates: Sequence[Duplicate], examples: int = 3) -> dict[str, Any]:
+    """``{"count", "examples"}``: how many listings were repeats, and the first few images (by sha256) with
+    every source that names them, as the user gave them."""
+    by_image: dict[str, dict[str, Any]] = {}
+    for item in duplicates:
+        entry = by_image.setdefault(item.sha256, {"sha256": item.sha256, "label": item.label, "sources": [item.kept]})
+        entry["sources"].append(item.source)
+    return {"count": len(duplicates), "examples": [by_image[key] for key in sorted(by_image)[:examples]]}
+
+
 @dataclass
 class Dataset:
     """Labelled images plus the label order and the inputs skipped on the way.
@@ -86,6 +106,7 @@ class Dataset:
     labels: tuple[str, ...]
     skipped: list[BadInput] = field(default_factory=list)
     temp_dirs: list[Path] = field(default_factory=list, repr=False)
+    duplicates: list[Duplicate] = field(default_factory=list)  # repeats of an image, merged into its first listing
 
     def __enter__(self) -> Dataset:
         return self

@@ -14,12 +14,13 @@ from photolabel.embedding import embed_records
 from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
 from photolabel.fetch import FetchOptions
+from photolabel.inputs import describe_data
 from photolabel.model import Model, load_model
 
 
 def evaluate(
     model: Model | str | Path,
-    data: str | Path | Dataset,
+    data: str | Path | Dataset | Any,
     runtime: Runtime | None = None,
     *,
     skip_bad: bool = False,
@@ -29,7 +30,8 @@ def evaluate(
     fetch_options: FetchOptions | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on every labelled image in ``data`` (any layout ``train`` accepts).
+    """Metrics of ``model`` on every labelled image in ``data`` (any layout ``train`` accepts, including
+    ``(image, label)`` pairs and a DataFrame with ``image`` and ``label`` columns).
 
     Returns the dict of :func:`photolabel.evaluation.classification_metrics` plus
     ``model_id`` and ``skipped``; for a model that answers unknown, ``unknown`` says for how
@@ -44,17 +46,18 @@ def evaluate(
     if isinstance(data, Dataset):
         dataset, owned = data, False
     else:
-        from photolabel.sources import load_dataset
+        from photolabel.inputs import open_labelled_data
 
-        dataset = load_dataset(data, skip_bad=skip_bad, fetch_options=runtime.fetch,
-                               progress=runtime.progress, require_labels=False,
-                               archive_limits=runtime.archive_limits, csv_limits=runtime.csv_limits)
+        dataset = open_labelled_data(data, skip_bad=skip_bad, fetch_options=runtime.fetch,
+                                     progress=runtime.progress, require_labels=False,
+                                     archive_limits=runtime.archive_limits, csv_limits=runtime.csv_limits)
         owned = True
     try:
         unknown = sorted({r.label for r in dataset.records} - set(model.labels))
         if unknown:
             raise DataError(
-                f"{data}: label(s) {', '.join(unknown)} are not known to the model "
+                f"{'the data set' if isinstance(data, Dataset) else describe_data(data)}: label(s) "
+                f"{', '.join(unknown)} are not known to the model "
                 f"(it knows {', '.join(model.labels)})"
             )
         backbone = model.backbone

@@ -73,32 +73,70 @@ def unknown_summary(far: np.ndarray, unsure: np.ndarray) -> dict[str, Any]:
             "far": int(np.sum(far)), "unsure": int(np.sum(unsure))}
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """A plain-text table for the terminal."""
+def format_metrics(metrics: dict[str, Any], width: int | None = None) -> str:
+    """A plain-text table for the terminal, at most ``width`` columns wide where it can be (default: the
+    terminal's width, or COLUMNS). A confusion matrix too wide for it numbers its columns and shortens the
+    row labels; the full one is in the JSON and the report."""
+    import shutil
+
+    if width is None:
+        width = shutil.get_terminal_size((100, 24)).columns
     labels = metrics["labels"]
-    width = max([len(label) for label in labels] + [9])
+    name_width = max([len(label) for label in labels] + [9])
     lines = []
     accuracy = metrics["accuracy"]
-    lines.append(
-        f"accuracy {accuracy:.4f} on {metrics['n']} images" if accuracy is not None else "no images to evaluate"
-    )
+    lines.append(f"accuracy {accuracy:.4f} on {metrics['n']} images" + _scores_text(metrics)
+                 if accuracy is not None else "no images to evaluate")
     unknown = metrics.get("unknown")
     if unknown and unknown.get("n"):
         lines.append(f"answered unknown for {unknown['count']} of {unknown['n']} images ({100 * unknown['rate']:.1f}%: "
                      f"{unknown['far']} unlike the training images, {unknown['unsure']} not confident enough); "
                      "accuracy counts their top label")
-    lines.append(f"{'label':<{width}}  precision  recall     f1  support")
+    lines.append(f"{'label':<{name_width}}  precision  recall     f1  support")
     for label in labels:
         m = metrics["per_class"][label]
         lines.append(
-            f"{label:<{width}}  {m['precision']:>9.4f}  {m['recall']:>6.4f}  {m['f1']:>5.4f}  {m['support']:>7}"
+            f"{label:<{name_width}}  {m['precision']:>9.4f}  {m['recall']:>6.4f}  {m['f1']:>5.4f}  {m['support']:>7}"
         )
-    lines.append("confusion matrix (rows: true label, columns: predicted)")
-    cell = max([len(str(v)) for row in metrics["confusion_matrix"] for v in row] + [len(lab) for lab in labels])
-    lines.append(" " * (width + 2) + " ".join(f"{label:>{cell}}" for label in labels))
-    for label, row in zip(labels, metrics["confusion_matrix"]):
-        lines.append(f"{label:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
+    lines.extend(_confusion_lines(labels, metrics["confusion_matrix"], name_width, width))
     return "\n".join(lines)
+
+
+def _scores_text(metrics: dict[str, Any]) -> str:
+    """``, macro-F1 x, log-loss y`` for what the metrics hold."""
+    parts = []
+    if metrics.get("macro_f1") is not None:
+        parts.append(f"macro-F1 {metrics['macro_f1']:.4f}")
+    if metrics.get("log_loss") is not None:
+        parts.append(f"log-loss {metrics['log_loss']:.4f}")
+    return "".join(f", {part}" for part in parts)
+
+
+def _shorten(text: str, size: int) -> str:
+    return text if len(text) <= size else text[:max(size - 1, 1)] + "…"
+
+
+def _confusion_lines(labels: Sequence[str], matrix: Sequence[Sequence[int]], name_width: int,
+                     width: int) -> list[str]:
+    """The confusion matrix as text lines: labels over the columns when that fits in ``width``; otherwise
+    the columns are numbered as the rows (``1 blouse``) and the row labels shortened to fit."""
+    cell = max([len(str(v)) for row in matrix for v in row] + [len(label) for label in labels] + [1])
+    if name_width + 2 + len(labels) * (cell + 1) <= width:
+        lines = ["confusion matrix (rows: true label, columns: predicted)",
+                 " " * (name_width + 2) + " ".join(f"{label:>{cell}}" for label in labels)]
+        lines.extend(f"{label:<{name_width}}  " + " ".join(f"{v:>{cell}}" for v in row)
+                     for label, row in zip(labels, matrix))
+        return lines
+    cell = max([len(str(v)) for row in matrix for v in row] + [len(str(len(labels)))])
+    numbered = [f"{k} {label}" for k, label in enumerate(labels, start=1)]
+    room = width - 2 - len(labels) * (cell + 1)
+    row_width = max(min(max(len(name) for name in numbered), room), 8)
+    lines = ["confusion matrix (rows: true label, columns: predicted, numbered as the rows)",
+             "columns numbered to fit the terminal; the full matrix: --json, or photolabel evaluate --report DIR",
+             " " * (row_width + 2) + " ".join(f"{k:>{cell}}" for k in range(1, len(labels) + 1))]
+    lines.extend(f"{_shorten(name, row_width):<{row_width}}  " + " ".join(f"{v:>{cell}}" for v in row)
+                 for name, row in zip(numbered, matrix))
+    return lines
 
 
 def write_report(metrics: dict[str, Any], folder: str | Path, *, title: str = "photolabel evaluation") -> list[Path]:
@@ -158,7 +196,8 @@ def _report_html(metrics: dict[str, Any], title: str) -> str:
         for label, m in metrics["per_class"].items()
     )
     accuracy = metrics["accuracy"]
-    summary = f"accuracy {accuracy:.4f} on {metrics['n']} images" if accuracy is not None else "no images"
+    summary = (f"accuracy {accuracy:.4f} on {metrics['n']} images" + _scores_text(metrics)
+               if accuracy is not None else "no images")
     unknown = metrics.get("unknown")
     if unknown and unknown.get("n"):
         summary += f"; answered unknown for {unknown['count']} ({100 * unknown['rate']:.1f}%)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,16 @@ from photolabel.backbones import Backbone, get_backbone
 from photolabel.config import RUNTIME_DEFAULTS, Runtime, merge_overrides
 from photolabel.dataset import BadInput
 from photolabel.embedding import ImageInput, check_pixels, embed_images
-from photolabel.errors import FetchError, ModelError, PhotolabelError
+from photolabel.errors import FetchError, ImageError, ModelError, PhotolabelError
 from photolabel.finetune import finetuned_backbone, read_tail
 from photolabel.heads import Head, get_head_class
+from photolabel.inputs import as_image_list, describe_kind, is_pil_image, pil_to_pixels, read_images
 from photolabel.openset import UNKNOWN_LABEL, Postprocessor
 
-ImageLike = ImageInput | bytes | str | Path | np.ndarray
+#: One image: a local path or ``file://`` URL, raw bytes, an RGB ``uint8`` array (H, W, 3), a PIL image,
+#: or an :class:`ImageInput`. (:meth:`Model.predict`, :meth:`Model.predict_proba` and :meth:`Model.embed`
+#: also read http(s) and bucket URIs, through :mod:`photolabel.storage`.)
+ImageLike = ImageInput | bytes | str | Path | np.ndarray | Any
 
 
 @dataclass(frozen=True)
@@ -71,10 +76,12 @@ class Prediction:
 class Model:
     """A model directory, loaded: its card (``model.json``), head and backbone.
 
-    Use :func:`load_model` (or :meth:`Model.load`) once, then :meth:`predict_batch`
-    as often as needed; the backbone session is shared per process. A model reads
-    local files, bytes and arrays only: URIs (http, s3, ...) are read by
-    :mod:`photolabel.storage` before they reach it.
+    Use :func:`load_model` (or :meth:`Model.load`) once, then :meth:`predict` (one image or a
+    list; raises on a bad one), :meth:`predict_batch` (a result or a reason per input),
+    :meth:`predict_proba` or :meth:`embed` as often as needed; the backbone session is shared
+    per process. :meth:`predict_batch`, which the service runs, reads local files, bytes, arrays
+    and PIL images only; :meth:`predict`, :meth:`predict_proba` and :meth:`embed` first read URIs
+    (http, s3, ...) through :mod:`photolabel.storage` with the runtime's fetch limits.
     """
 
     def __init__(self, files: ModelFiles, head: Head, *, runtime: Runtime = RUNTIME_DEFAULTS,
@@ -143,9 +150,15 @@ class Model:
             self._backbone = backbone
         return self._backbone
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the backbone's session, which is loaded again (and checked) when next used."""
+        state = dict(self.__dict__)
+        state["_backbone"] = None
+        return state
+
     def __repr__(self) -> str:
         return (f"<photolabel.Model {self.model_id[:12]} labels={list(self.labels)} "
-                f"backbone={self.card.backbone.name} head={self.card.head.name}>")
+                f"backbone={self.card.backbone.name} head={self.card.head.name} path={str(self.path)!r}>")
 
     # -- predictions -----------------------------------------------------------------------
     def predict_embeddings(self, vectors: np.ndarray) -> np.ndarray:
@@ -159,14 +172,17 @@ class Model:
             probabilities = self.predict_embeddings(vectors)
         return self.post.is_unknown(np.asarray(vectors, dtype=np.float64), probabilities)
 
-    def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int | None = None,
-                      progress: bool | None = None) -> list[Prediction | BadInput]:
+    def predict_batch(self, images: Sequence[ImageLike] | ImageLike, *, batch_size: int | None = None,
+                      progress: bool | None = None) -> Any:
         """One result per input, in order: a :class:`Prediction`, or a :class:`BadInput` saying why not.
+        A single image (not in a list) gives a single result.
 
         Inputs are local paths (or ``file://`` URLs), raw bytes, RGB ``uint8`` arrays
-        (H, W, 3) or :class:`ImageInput`. Other URIs are refused per input: read them with
-        :func:`photolabel.inputs.read_images` first.
+        (H, W, 3), PIL images or :class:`ImageInput`. Other URIs are refused per input (this
+        method reads no network): read them with :func:`photolabel.inputs.read_images` first,
+        or use :meth:`predict`.
         """
+        images, single = as_image_list(images)
         inputs: list[ImageInput | None] = []
         results: list[Prediction | BadInput | None] = [None] * len(images)
         for index, image in enumerate(images):
@@ -205,20 +221,65 @@ class Model:
             )
         for local, problem in embedded.failures:
             results[live[local]] = problem
-        return results  # type: ignore[return-value]
+        return results[0] if single else results
 
-    def predict(self, images: Sequence[ImageLike], **kwargs: Any) -> list[Prediction]:
-        """Like :meth:`predict_batch`, but raises on the first input that fails."""
-        from photolabel.errors import ImageError
+    def predict(self, images: Sequence[ImageLike] | ImageLike, **kwargs: Any) -> Any:
+        """The :class:`Prediction` of one image, or a list of them for a list of images.
 
-        results = self.predict_batch(images, **kwargs)
-        for result in results:
-            if isinstance(result, BadInput):
-                raise ImageError(result.message)
-        return results  # type: ignore[return-value]
+        Takes what :meth:`predict_batch` takes, and also http(s) and bucket URIs (read through
+        :mod:`photolabel.storage` with the runtime's fetch limits). Raises on the first input that
+        fails (an :class:`~photolabel.errors.ImageError` naming it). ``kwargs``: ``batch_size``, ``progress``.
+        """
+        items, single = as_image_list(images)
+        results = self.predict_batch(self._resolved(items), **kwargs)
+        _raise_first_bad(results)
+        return results[0] if single else results
 
-    def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:
-        return np.array([[p.scores[label] for label in self.labels] for p in self.predict(images)])
+    def predict_proba(self, images: Sequence[ImageLike] | ImageLike, **kwargs: Any) -> np.ndarray:
+        """Probabilities in the order of :attr:`labels`: shape (C,) for one image, (N, C) for a list."""
+        items, single = as_image_list(images)
+        predictions = self.predict(items, **kwargs)
+        rows = np.array([[p.scores[label] for label in self.labels] for p in predictions], dtype=np.float64)
+        return rows[0] if single else rows.reshape(len(items), len(self.labels))
+
+    def embed(self, images: Sequence[ImageLike] | ImageLike, *, batch_size: int | None = None,
+              progress: bool | None = None, use_cache: bool = False) -> np.ndarray:
+        """The backbone's embeddings (float32) of the images the model would classify: shape (D,) for one
+        image, (N, D) for a list; the vectors :meth:`predict_embeddings` takes. For a fine-tuned model
+        they come out of its tuned tail.
+
+        Takes what :meth:`predict` takes and raises on the first input that fails. ``use_cache``: look
+        vectors up in (and add them to) the embedding cache under the runtime's ``cache_dir``, by image sha256.
+        """
+        items, single = as_image_list(images)
+        results: list[Any] = self._resolved(items)
+        inputs: list[ImageInput] = []
+        for image in results:
+            if isinstance(image, BadInput):
+                _raise_first_bad([image])
+            inputs.append(as_image_input(image))
+        cache = None
+        if use_cache:
+            from photolabel.cache import EmbeddingCache, resolve_cache_dir
+
+            cache = EmbeddingCache(resolve_cache_dir(self.runtime.cache_dir), self.backbone.hash,
+                                   self.backbone.embedding_dim)
+        embedded = embed_images(inputs, self.backbone, cache=cache,
+                                batch_size=batch_size or self.runtime.batch_size, workers=self.runtime.workers,
+                                max_pixels=self.runtime.max_pixels,
+                                progress=self.runtime.progress if progress is None else progress)
+        _raise_first_bad([problem for _, problem in embedded.failures])
+        return embedded.vectors[0] if single else embedded.vectors
+
+    def _resolved(self, items: list[Any]) -> list[Any]:
+        """``items`` with remote URIs read (the runtime's fetch limits); a failed read becomes a BadInput."""
+        return read_images([os.fspath(i) if isinstance(i, Path) else i for i in items], self.runtime.fetch)
+
+
+def _raise_first_bad(results: Sequence[Any]) -> None:
+    for result in results:
+        if isinstance(result, BadInput):
+            raise ImageError(result.message)
 
 
 def as_image_input(image: ImageLike) -> ImageInput:
@@ -234,7 +295,12 @@ def as_image_input(image: ImageLike) -> ImageInput:
         return ImageInput(source="<bytes>", data=bytes(image))
     if isinstance(image, np.ndarray):
         return ImageInput(source="<array>", pixels=check_pixels(image, "<array>"))
-    text = str(image)
+    if is_pil_image(image):
+        return ImageInput(source="<PIL image>", pixels=pil_to_pixels(image))
+    if not isinstance(image, (str, os.PathLike)):
+        raise ImageError(f"{describe_kind(image)}: expected an image (a path, URL, bytes, PIL image or RGB uint8 "
+                         "array)")
+    text = os.fspath(image)
     if storage.is_local(text):
         return ImageInput(source=text, path=storage.local_path(text))
     scheme = storage.scheme_of(text)
@@ -249,9 +315,9 @@ def _name_of(image: ImageLike) -> str:
         return image.source
     if isinstance(image, (bytes, bytearray, memoryview)):
         return "<bytes>"
-    if isinstance(image, np.ndarray):
-        return "<array>"
-    return str(image)
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    return describe_kind(image)
 
 
 def load_model(path: str | Path, **kwargs: Any) -> Model:

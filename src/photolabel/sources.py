@@ -29,7 +29,7 @@ from typing import IO
 
 from photolabel import storage
 from photolabel.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
-from photolabel.dataset import BadInput, Dataset, ImageRecord
+from photolabel.dataset import BadInput, Dataset, Duplicate, ImageRecord
 from photolabel.errors import (
     CsvLimitError,
     CsvTooLargeError,
@@ -634,6 +634,7 @@ def _download(loader: _Loader, uris: list[str]) -> dict[str, tuple[Path, str, st
 def _assemble(loader: _Loader, shown: str, require_labels: bool) -> Dataset:
     records: list[ImageRecord] = []
     first_of: dict[str, _Found] = {}
+    duplicates: list[Duplicate] = []
     for found in loader.found:
         earlier = first_of.get(found.record.sha256)
         if earlier is None:
@@ -644,6 +645,9 @@ def _assemble(loader: _Loader, shown: str, require_labels: bool) -> Dataset:
                 f"the same image is labelled '{earlier.record.label}' at {earlier.where} "
                 f"and '{found.record.label}' at {found.where}"
             )
+        else:  # the same bytes, the same label: kept once, and reported
+            duplicates.append(Duplicate(found.record.sha256, found.record.label, earlier.record.source,
+                                        found.record.source))
     if not records:
         note = f" ({len(loader.skipped)} inputs skipped)" if loader.skipped else ""
         raise DataError(f"{shown}: no images found{note}")
@@ -664,4 +668,68 @@ def _assemble(loader: _Loader, shown: str, require_labels: bool) -> Dataset:
             for label in labels:
                 if label not in trained:
                     raise DataError(f"{shown}: label '{label}' has images in valid/ but none in train/")
-    return Dataset(records=records, labels=labels, skipped=loader.skipped, temp_dirs=loader.temp_dirs)
+    return Dataset(records=records, labels=labels, skipped=loader.skipped, temp_dirs=loader.temp_dirs,
+                   duplicates=duplicates)
+
+
+def load_pairs(
+    items: Sequence[tuple[str, str, str | bytes, str]],
+    *,
+    shown: str = "the given images",
+    classes: Sequence[str] | None = None,
+    skip_bad: bool = False,
+    fetch_options: FetchOptions = DEFAULT_FETCH_OPTIONS,
+    progress: bool = False,
+    require_labels: bool = True,
+) -> Dataset:
+    """A :class:`Dataset` of labelled images given in memory, checked as :func:`load_dataset` checks a CSV.
+
+    Each item is ``(where, source, image, label)``: ``where`` names it in messages ("item 3"),
+    ``source`` is its name in the data set, ``image`` is a local path or a URI (read through
+    :mod:`photolabel.storage`, downloads into a temporary folder) or encoded image bytes (written to
+    a temporary folder, named by their sha256). Paths are read in place, so the records, and the model,
+    are the ones the same files give in a folder. Temporary folders go on the dataset's ``close()``.
+    """
+    loader = _Loader(_check_classes(classes), skip_bad, fetch_options, progress)
+    try:
+        if not items:
+            raise DataError(f"{shown}: no images given")
+        uris: set[str] = set()
+        for where, _, image, _ in items:
+            if isinstance(image, str):
+                try:
+                    storage.check_uri(image)
+                except UnsupportedSchemeError as exc:
+                    raise DataError(f"{where}: {exc}") from exc
+                if not storage.is_local(image):
+                    uris.add(image)
+        downloads = _download(loader, sorted(uris)) if uris else {}
+        folder: Path | None = None
+        for where, source, image, label in items:
+            loader.check_label(label, where)
+            if isinstance(image, bytes):
+                folder = folder or loader.make_temp_dir()
+                sha256 = sha256_bytes(image)
+                path = folder / sha256
+                if not path.exists():
+                    path.write_bytes(image)
+                loader.add(source, path, sha256, label, "auto", where)
+            elif image in downloads:
+                result = downloads[image]
+                if isinstance(result, PhotolabelError):
+                    loader.bad(source, type(result)(f"{where}: {result}"))
+                    continue
+                loader.add(source, result[0], result[2], label, "auto", f"{where} ({source})")
+            else:
+                path = storage.local_path(image).absolute()
+                try:
+                    data = storage.read_local(path, shown=f"{where}: image {image}")
+                except PhotolabelError as exc:
+                    loader.bad(source, exc)
+                    continue
+                loader.add(source, path, sha256_bytes(data), label, "auto", f"{where} ({source})")
+        return _assemble(loader, shown, require_labels)
+    except BaseException:
+        for temp in loader.temp_dirs:
+            shutil.rmtree(temp, ignore_errors=True)
+        raise

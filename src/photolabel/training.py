@@ -26,7 +26,15 @@ from photolabel.backbones import get_backbone
 from photolabel.balance import SELECTION_RULE, UNUSED, balanced_weights, limit_per_label
 from photolabel.cache import EmbeddingCache, resolve_cache_dir
 from photolabel.config import RUNTIME_DEFAULTS, TRAIN_DEFAULTS, Runtime, TrainConfig, merge_overrides
-from photolabel.dataset import BadInput, Dataset, ImageRecord, manifest_rows, manifest_sha256
+from photolabel.dataset import (
+    BadInput,
+    Dataset,
+    Duplicate,
+    ImageRecord,
+    describe_duplicates,
+    manifest_rows,
+    manifest_sha256,
+)
 from photolabel.embedding import embed_records
 from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
@@ -60,6 +68,7 @@ class TrainResult:
     embeddings_cached: int = 0
     n_train: int = 0
     n_valid: int = 0
+    duplicates: list[Duplicate] = field(default_factory=list)  # images listed more than once, trained on once
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -76,6 +85,7 @@ class TrainResult:
             "unknown": self.metrics.get("unknown"),
             "embeddings": {"computed": self.embeddings_computed, "cached": self.embeddings_cached},
             "skipped": [{"image": b.source, "reason": b.reason} for b in self.skipped],
+            "duplicates": describe_duplicates(self.duplicates, examples=5),
         }
 
 
@@ -162,7 +172,7 @@ def plan_model_id(records: Sequence[ImageRecord], labels: Sequence[str], config:
 
 
 def train(
-    data: str | Path | Dataset,
+    data: str | Path | Dataset | Any,
     out: str | Path,
     config: TrainConfig | None = None,
     runtime: Runtime | None = None,
@@ -191,18 +201,24 @@ def train(
     progress: bool | None = None,
     write_run_json: bool = True,
     on_progress: Callable[[str, float], None] | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> TrainResult:
     """Train a model on ``data`` and write it to ``out``.
 
-    ``data`` is a folder, an archive, a CSV manifest (see :func:`photolabel.sources.load_dataset`)
-    or an already loaded :class:`Dataset`. What determines the model is ``config`` (a
+    ``data`` is a folder, an archive, a CSV manifest (see :func:`photolabel.sources.load_dataset`),
+    an already loaded :class:`Dataset`, or images in memory: ``(image, label)`` pairs or a DataFrame
+    with ``image`` and ``label`` columns, each image a path, URI, bytes, PIL image or RGB array (see
+    :func:`photolabel.inputs.labelled_items`; the same files give the same model as their folder).
+    What determines the model is ``config`` (a
     :class:`TrainConfig`); how it runs is ``runtime`` (a :class:`Runtime`). The keyword
     arguments of the same names override single fields of either, so
     ``train(data, out, head="svm", seed=7)`` works without building the objects.
     ``classes`` fixes the label order and refuses other labels. With ``skip_bad``,
     unreadable images are listed in the result's ``skipped`` instead of stopping the run.
     ``on_progress(stage, fraction)`` reports the stages "loading", "embedding", "fitting",
-    "writing" and "done", with the overall fraction done in [0, 1].
+    "writing" and "done", with the overall fraction done in [0, 1]. ``on_stage(stage, done, total)``
+    reports each step as it goes: "reading", "hashing", "embedding", "augmenting", "fitting", "writing",
+    "done", with the images (or candidates) done of the total where that is known (0, 0 otherwise).
 
     ``max_per_label`` keeps at most N training images per label (0: the smallest label's
     count, the static-transfer-learning service's DATA_LIMIT; see
@@ -236,11 +252,13 @@ def train(
     runtime = merge_overrides(runtime or RUNTIME_DEFAULTS, threads=threads, cache_dir=cache_dir,
                               batch_size=batch_size, max_pixels=max_pixels, fetch=fetch_options, progress=progress)
 
-    def report(stage: str, fraction: float) -> None:
+    def report(stage: str, fraction: float, done: int = 0, total: int = 0, step: str | None = None) -> None:
         if on_progress is not None:
             on_progress(stage, round(min(max(fraction, 0.0), 1.0), 4))
+        if on_stage is not None:
+            on_stage(step or stage, done, total)
 
-    report("loading", 0.0)
+    report("loading", 0.0, step="reading")
     base: Model | None = None
     wanted_classes = config.classes
     if base_model is not None:
@@ -250,12 +268,14 @@ def train(
     if isinstance(data, Dataset):
         dataset, owned = data, False
     else:
-        from photolabel.sources import load_dataset
+        from photolabel.inputs import open_labelled_data
 
-        dataset = load_dataset(data, classes=None if base is not None else wanted_classes, skip_bad=skip_bad,
-                               fetch_options=runtime.fetch, progress=runtime.progress, require_labels=base is None,
-                               archive_limits=runtime.archive_limits, csv_limits=runtime.csv_limits)
+        dataset = open_labelled_data(data, classes=None if base is not None else wanted_classes, skip_bad=skip_bad,
+                                     fetch_options=runtime.fetch, progress=runtime.progress,
+                                     require_labels=base is None, archive_limits=runtime.archive_limits,
+                                     csv_limits=runtime.csv_limits)
         owned = True
+    report("loading", 0.05, len(dataset.records), len(dataset.records), step="hashing")
     try:
         extractor = get_backbone(config.backbone, threads=runtime.threads, cache_dir=cache_root)
         if config.finetune:  # what is embedded and cached is the activation at the cut (photolabel.finetune)
@@ -274,11 +294,13 @@ def train(
                 )
             records = _union(old, records)
         skipped = list(dataset.skipped)
+        duplicates = list(dataset.duplicates)
+        report("embedding", 0.05, 0, len(records))  # shown at once: the first batch may take a while
         embedded, problems = embed_records(
             records, extractor, cache=cache, skip_bad=skip_bad, runtime=runtime,
             # with augmentation, the views (embedded after the split) take the rest of this stage
             on_progress=lambda done, total: report("embedding", 0.05 + 0.85 * done / max(total, 1)
-                                                   / (1 + config.augment)),
+                                                   / (1 + config.augment), done, total),
         )
         skipped.extend(problems)
         good = [records[i] for i in embedded.indices]
@@ -306,7 +328,8 @@ def train(
             views = embed_views(
                 train_rows, extractor, views=config.augment, seed=config.seed, cache=cache, runtime=runtime,
                 on_progress=lambda done, total: report(
-                    "embedding", 0.05 + 0.85 * (1 + config.augment * done / max(total, 1)) / (1 + config.augment)),
+                    "embedding", 0.05 + 0.85 * (1 + config.augment * done / max(total, 1)) / (1 + config.augment),
+                    done, total, step="augmenting"),
             )
             X_train, y_train = with_views(X_train, y_train, views.vectors)
             embedded.computed += views.computed
@@ -343,7 +366,7 @@ def train(
                 chosen_here, table = tuning.search(
                     config, X_variant, y_variant, len(labels), weight_variant, keys=keys, scored=originals,
                     threads=runtime.threads or os.cpu_count() or 1, variant=variant, fold_features=fold_features,
-                    on_progress=lambda done, total: report("fitting", 0.9 + 0.06 * done / max(total, 1)),
+                    on_progress=lambda done, total: report("fitting", 0.9 + 0.06 * done / max(total, 1), done, total),
                 )
                 table["features"] = variant
                 score = table["candidates"][table["chosen"]["index"]]["mean_log_loss"]
@@ -383,6 +406,11 @@ def train(
             **post_metrics,
             **tuning_metrics,
             **({"finetune": tuned.metrics()} if tuned is not None else {}),
+            # images listed twice: the count and sha256s only, so the file is the same wherever the data lies
+            **({"duplicates": {
+                "count": len(duplicates),
+                "sha256": [example["sha256"] for example in describe_duplicates(duplicates, examples=5)["examples"]],
+            }} if duplicates else {}),
         }
         if runtime.tensorboard_dir is not None:
             _log_search_and_finetune(runtime.tensorboard_dir, metrics)
@@ -430,6 +458,7 @@ def train(
                 "embeddings": {"computed": embedded.computed, "cached": embedded.cached},
                 "skipped": [{"image": b.source, "reason": b.reason} for b in skipped],
                 "sources": {r.sha256: r.source for r in good},
+                "duplicates": describe_duplicates(duplicates, examples=len(duplicates))["examples"],
                 "base_model": str(base.path) if base is not None else None,
             }
         report("writing", 0.97)
@@ -438,7 +467,7 @@ def train(
                                extra_files={**post.files(), **(tuned.files() if tuned is not None else {})})
         model = Model.load(path, runtime=runtime)
         model._backbone = extractor
-        report("done", 1.0)
+        report("done", 1.0, 1, 1)
         return TrainResult(
             model=model,
             model_id=model_id,
@@ -449,6 +478,7 @@ def train(
             embeddings_cached=embedded.cached,
             n_train=len(train_rows),
             n_valid=len(valid_rows),
+            duplicates=duplicates,
         )
     finally:
         if owned:
@@ -513,9 +543,9 @@ def _log_search_and_finetune(logdir: str | Path, metrics: dict[str, Any]) -> Non
             writer.text("search", markdown_table(("head", "params", "mean log-loss", "mean accuracy"), rows))
 
 
-def _describe_data(data: str | Path | Dataset) -> str | None:
-    """What run.json records as the data: an absolute path, or a URI as given."""
-    if isinstance(data, Dataset):
+def _describe_data(data: str | Path | Dataset | Any) -> str | None:
+    """What run.json records as the data: an absolute path, or a URI as given (None for images in memory)."""
+    if not isinstance(data, (str, os.PathLike)):
         return None
     text = str(data)
     return text if "://" in text else str(Path(text).resolve())

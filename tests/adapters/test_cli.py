@@ -582,8 +582,8 @@ def test_train_refuses_an_out_folder_that_is_not_a_model(tmp_path: Path, small_d
     assert (out / "todo.txt").read_text() == "keep me\n"
 
 
-def test_progress_bar_shows_on_a_terminal_and_not_on_a_pipe(tmp_path: Path, small_data: Path,
-                                                            cache_dir: Path) -> None:
+def test_progress_shows_every_stage_on_a_terminal_and_as_lines_on_a_pipe(tmp_path: Path, small_data: Path,
+                                                                         cache_dir: Path) -> None:
     import os
     import pty
     import subprocess
@@ -595,11 +595,11 @@ def test_progress_bar_shows_on_a_terminal_and_not_on_a_pipe(tmp_path: Path, smal
 
     leader, follower = pty.openpty()
     try:
-        shown = subprocess.run([*command, str(tmp_path / "a")], stderr=follower, stdout=subprocess.PIPE,
-                               env=env("a"), timeout=300)
+        shown = subprocess.Popen([*command, str(tmp_path / "a")], stderr=follower, stdout=subprocess.PIPE,
+                                 env=env("a"))
         os.close(follower)
         screen = b""
-        while True:
+        while True:  # read as it is written, so a full terminal buffer never blocks the command
             try:
                 chunk = os.read(leader, 65536)
             except OSError:
@@ -607,14 +607,20 @@ def test_progress_bar_shows_on_a_terminal_and_not_on_a_pipe(tmp_path: Path, smal
             if not chunk:
                 break
             screen += chunk
+        assert shown.wait(timeout=300) == 0
     finally:
         os.close(leader)
-    assert shown.returncode == 0 and b"embedding" in screen
+    for stage in (b"reading the data", b"embedding", b"fitting the head", b"writing the model"):
+        assert stage in screen, stage
     piped = subprocess.run([*command, str(tmp_path / "b"), "--quiet"], capture_output=True, env=env("b"),
                            timeout=300)
     assert piped.returncode == 0 and piped.stderr == b""
-    quiet_pipe = subprocess.run([*command, str(tmp_path / "c")], capture_output=True, env=env("c"), timeout=300)
-    assert quiet_pipe.returncode == 0 and b"embedding" not in quiet_pipe.stderr
+    pipe = subprocess.run([*command, str(tmp_path / "c")], capture_output=True, env=env("c"), timeout=300, text=True)
+    assert pipe.returncode == 0
+    lines = pipe.stderr.splitlines()
+    assert lines[:2] == ["reading the data", "hashed 60 image(s)"]
+    assert lines[-3:] == ["embedding 60/60", "fitting the head", "writing the model"]
+    assert all("\x1b" not in line and "\r" not in line for line in lines)  # plain lines, for logs
 
 
 # --- settings: one checked configuration ----------------------------------------------------------

@@ -22,32 +22,137 @@ from photolabel.errors import PhotolabelError
 EXIT_ERROR = 1
 
 
-class GreedyOption(click.Option):
-    """An option that takes every following word up to the next option: ``--classes a b c``."""
+#: the options that take every following word up to the next option (``-c a b c``), per command
+GREEDY_OPTIONS = ("-c", "--classes")
 
-    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
-        super().add_to_parser(parser, ctx)
-        option = None
-        for name in self.opts:
-            option = parser._long_opt.get(name) or parser._short_opt.get(name)
-            if option is not None:
+
+def _looks_like_data(word: str) -> bool:
+    """True for a word that names DATA rather than a label: an existing path, a URI, an archive or a CSV."""
+    if "://" in word or word.lower().endswith((".csv", ".zip", ".tar.gz", ".tgz", ".tar")):
+        return True
+    try:
+        return Path(word).exists()
+    except OSError:
+        return False
+
+
+class ClassesCommand(click.Command):
+    """A command whose ``-c/--classes`` takes every following word up to the next option, as the Golem image
+    classifier takes ``-c blouse halter sweater``; ``-c a,b,c`` and ``-c a -c b`` work too.
+
+    Done with click's public means: the words are rewritten into repeated ``-c WORD`` before click parses
+    them. When a required argument (DATA) would be missing, the last words after ``-c`` that name an
+    existing path or a URI are given back to it (``train -c a b c DATA --out M``); when none does,
+    the error says that ``-c`` took them.
+    """
+
+    def _takes_values(self, ctx: click.Context) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                n = 0 if (param.is_flag or param.count) else param.nargs
+                for opt in (*param.opts, *param.secondary_opts):
+                    counts[opt] = n
+        return counts
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes = self._takes_values(ctx)
+        out: list[str] = []
+        runs: list[list[int]] = []  # indexes in ``out`` of the words each greedy -c took
+        positional = 0
+        i = 0
+        while i < len(args):
+            word = args[i]
+            if word == "--":
+                out.extend(args[i:])
+                positional += len(args) - i - 1
                 break
-        if option is None:
-            return
-        previous = option.process
+            name, eq, attached = word.partition("=")
+            greedy = None
+            if name in GREEDY_OPTIONS:
+                greedy = [attached] if eq else []
+            elif word.startswith("-c") and not word.startswith("--") and len(word) > 2:
+                greedy = [word[2:]]
+            if greedy is not None:
+                run: list[int] = []
+                for value in greedy:
+                    out.extend(("-c", value))
+                    run.append(len(out) - 1)
+                i += 1
+                while i < len(args) and not (args[i].startswith("-") and len(args[i]) > 1):
+                    out.extend(("-c", args[i]))
+                    run.append(len(out) - 1)
+                    i += 1
+                runs.append(run)
+                continue
+            if word.startswith("-") and len(word) > 1:
+                n = takes.get(name, 0) if not eq else 0
+                out.extend(args[i:i + 1 + n])
+                i += 1 + n
+                continue
+            out.append(word)
+            positional += 1
+            i += 1
+        required = sum(1 for p in self.get_params(ctx) if isinstance(p, click.Argument) and p.required)
+        missing = required - positional
+        if missing > 0 and runs and "--help" not in args and "-h" not in args:
+            given_back: list[int] = []
+            for run in reversed(runs):
+                while run and len(given_back) < missing and _looks_like_data(out[run[-1]]):
+                    given_back.append(run.pop())
+                if len(given_back) == missing:
+                    break
+            if len(given_back) < missing:
+                taken = [out[index] for run in runs for index in run]
+                argument = next(p for p in self.get_params(ctx) if isinstance(p, click.Argument))
+                name = (argument.metavar or argument.name or "DATA").upper()
+                raise click.UsageError(
+                    f"-c took {', '.join(repr(w) for w in taken)} as classes and left no {name}: put {name} "
+                    f"before -c, or separate the classes with commas (-c {','.join(taken) or 'a,b'})", ctx)
+            drop = set(given_back)
+            moved = [out[index] for index in sorted(given_back)]
+            out = [w for k, w in enumerate(out) if k not in drop and k + 1 not in drop]
+            out = [*moved, *out]  # positionals first: click reads them in order
+        return super().parse_args(ctx, out)
 
-        def process(value: str, state: Any) -> None:
-            values = [value]
-            prefixes = tuple(parser._opt_prefixes)
-            while state.rargs and not state.rargs[0].startswith(prefixes):
-                values.append(state.rargs.pop(0))
-            # One call per word, as if the option had been repeated: a tuple passed as
-            # one value would reach the STRING type as its repr, "('a', 'b')".
-            for word in values:
-                previous(word, state)
 
-        option.process = process
+#: when to pick each built-in backbone and head (speed, accuracy); ``--backbone``/``--head`` help lists every
+#: registered name, with its registry summary where a name has no line here
+CHOICE_GUIDE = {
+    "backbone": {
+        "classic": "fastest, no network; far less accurate on photos (Golem classifier's features)",
+        "efficientnet-lite0": "fast (224 px); a bit less accurate than lite1: slow machines, many images",
+        "efficientnet-lite1": "medium (240 px); good accuracy: start here",
+        "efficientnet-lite2": "about 1.4x lite1's time (260 px); most accurate: when accuracy matters most",
+    },
+    "head": {
+        "logistic": "fast; accurate, calibrated: start here",
+        "svm": "slower with many images; often as accurate as logistic: try with --tune",
+        "mlp": "slower (epochs); can beat logistic with many images per label",
+        "lda": "fast; good with few images per label",
+        "knn": "instant fit, slower answers; fair: few images per label",
+        "rf": "slow; fair on embeddings: the classic backbone's features",
+        "cart": "fast; least accurate: one tree you can read",
+        "nb": "fastest; least accurate: a baseline",
+    },
+}
 
+
+def _choices_help(kind: str, lead: str) -> str:
+    """``lead``, then one line per registered backbone or head: what it costs, how accurate, when to pick it."""
+    if kind == "backbone":
+        from photolabel.backbones import describe_backbones
+
+        summaries = describe_backbones()
+    else:
+        from photolabel.heads import get_head_class, list_heads
+
+        summaries = {name: get_head_class(name).summary for name in list_heads()}
+    default = TRAIN_DEFAULTS.backbone if kind == "backbone" else TRAIN_DEFAULTS.head
+    width = max(len(name) for name in summaries) + 2
+    lines = [f"{name:<{width}}{CHOICE_GUIDE[kind].get(name, summaries[name])}{' (default)' if name == default else ''}"
+             for name in summaries]
+    return lead + "\n\n\b\n" + "\n".join(lines)
 
 EXIT_USAGE = 2
 
@@ -347,21 +452,25 @@ def main() -> None:
     """Turn labelled images into a reproducible image classifier, on a CPU."""
 
 
-@main.command()
+@main.command(cls=ClassesCommand)
 @click.argument("data")
-@click.option("-o", "--out", "out", required=True,
+@click.option("-o", "--out", "out", default=None,
               help="Model directory to write (replaced if it holds a model): a path or a storage URI "
-                   "such as s3://bucket/models/mine.")
-@click.option("-c", "--classes", cls=GreedyOption, multiple=True,
-              help="Labels in this order; rows with any other label are refused.")
+                   "such as s3://bucket/models/mine. [default: models/<model id>]")
+@click.option("-c", "--classes", multiple=True, metavar="LABEL...",
+              help="Labels in this order; images with any other label are refused. Give them as -c a,b,c, "
+                   "-c a -c b, or -c a b c (the words up to the next option; DATA may follow them when it is "
+                   "an existing path or a URI).")
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, envvar="RANDOM_SEED", show_envvar=True,
               show_default=True, help="Seeds the validation split and the head (0 to 4294967295).")
 @click.option("--valid-fraction", type=float, default=None,
               help="Share of each label held out for validation when DATA has no valid/ folder, in [0, 1) "
                    f"[default: 1 - TRAIN_PERCENTAGE, i.e. {TRAIN_DEFAULTS.valid_fraction:g}].")
-@click.option("--backbone", default=TRAIN_DEFAULTS.backbone, show_default=True,
-              help="Feature extractor; see `photolabel backbones`.")
-@click.option("--head", default=TRAIN_DEFAULTS.head, show_default=True, help="Classifier; see `photolabel heads`.")
+@click.option("--backbone", default=TRAIN_DEFAULTS.backbone,
+              help=_choices_help("backbone", "Feature extractor (`photolabel backbones` lists them):"))
+@click.option("--head", default=TRAIN_DEFAULTS.head,
+              help=_choices_help("head", "Classifier fitted on the features (`photolabel heads` lists their "
+                                         "parameters):"))
 @click.option("--head-param", "head_param", multiple=True, metavar="NAME=VALUE",
               help="A hyperparameter of the head, e.g. C=0.1 (repeatable); `photolabel heads` lists them "
                    "with their defaults and ranges.")
@@ -421,7 +530,20 @@ def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction
         run_safely(require_tensorboard)
         runtime = runtime.replace(tensorboard_dir=tensorboard)
     _unwind_on_sigterm()
-    result = run_safely(lambda: train_model(data, out, config, runtime, base_model=base_model, skip_bad=skip_bad))
+    from contextlib import nullcontext
+
+    from photolabel.progress import StageDisplay, StageLines
+
+    # every stage shows: in one display on a terminal, as lines on stderr elsewhere (pipe, CI, nohup); the
+    # display covers downloads and embedding too, so the core draws no bars of its own
+    display: Any = StageDisplay() if runtime.progress else nullcontext(None if quiet else StageLines())
+    runtime = runtime.replace(progress=False)
+    with display as on_stage:
+        if out is None:
+            result = run_safely(lambda: _train_into_models(data, config, runtime, base_model, skip_bad, on_stage))
+        else:
+            result = run_safely(lambda: train_model(data, out, config, runtime, base_model=base_model,
+                                                    skip_bad=skip_bad, on_stage=on_stage))
     for problem in result.skipped:
         click.echo(f"warning: skipped {problem.message}", err=True)
     if as_json:
@@ -437,6 +559,14 @@ def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction
     click.echo(f"backbone  {card.backbone.name}   head  {card.head.name} ({_format_params(card.head.params)})")
     click.echo(f"images    {result.n_train} train, {result.n_valid} validation; embeddings computed "
                f"{result.embeddings_computed}, from cache {result.embeddings_cached}")
+    if result.duplicates:
+        from photolabel.dataset import describe_duplicates
+
+        repeats = describe_duplicates(result.duplicates)
+        shown = "; ".join(" = ".join(example["sources"]) for example in repeats["examples"])
+        more = ", ..." if len({d.sha256 for d in result.duplicates}) > len(repeats["examples"]) else ""
+        click.echo(f"duplicates {repeats['count']} image(s) listed again with the same bytes, trained on once: "
+                   f"{shown}{more} (all in run.json)")
     unused = result.model.lineage["counts"].get("unused")
     if unused:
         click.echo(f"unused    {unused} training image(s) past --max-per-label (listed in lineage.json)")
@@ -451,15 +581,55 @@ def train(data: str, out: str, classes: Sequence[Any], seed: int, valid_fraction
     validation = result.metrics.get("validation")
     if validation:
         click.echo("validation:")
-        click.echo(_indent(format_metrics(validation)))
+        click.echo(_indent(format_metrics(validation, width=_columns() - 2)))
     else:
         click.echo("validation: none (no validation images)")
     for line in describe_answers(card, result.metrics):
         click.echo(line)
 
 
+def _train_into_models(data: str, config: Any, runtime: Any, base_model: str | None, skip_bad: bool,
+                       on_stage: Any) -> Any:
+    """Train without --out: into models/<model id> (replacing the same model trained before), via a folder
+    beside it, since the id is known only once the images are embedded."""
+    import os
+    import shutil
+
+    from photolabel.fsutil import exchange_paths, process_tag
+    from photolabel.training import train as train_model
+
+    models = Path("models")
+    models.mkdir(exist_ok=True)
+    staging = models / f".new-{process_tag()}"
+    try:
+        result = train_model(data, staging, config, runtime, base_model=base_model, skip_bad=skip_bad,
+                             on_stage=on_stage)
+        target = models / result.model_id
+        if target.exists():
+            if exchange_paths(staging, target):
+                shutil.rmtree(staging)
+            else:
+                shutil.rmtree(target)
+                os.rename(staging, target)
+        else:
+            os.rename(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    result.path = target
+    result.model.path = target
+    return result
+
+
 def _format_params(params: Any) -> str:
     return ", ".join(f"{name}={value}" for name, value in params.items())
+
+
+def _columns() -> int:
+    """The terminal's width (COLUMNS where set; 100 off a terminal)."""
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
 
 
 def _indent(text: str) -> str:
@@ -597,7 +767,7 @@ def info(model_dir: str, as_json: bool) -> None:
         from photolabel.evaluation import format_metrics
 
         click.echo("validation")
-        click.echo(_indent(format_metrics(validation)))
+        click.echo(_indent(format_metrics(validation, width=_columns() - 2)))
     for line in describe_answers(card, metrics):
         click.echo(line)
     if files.run:
@@ -610,7 +780,8 @@ def info(model_dir: str, as_json: bool) -> None:
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--head-only", is_flag=True, help="Export only the head (embedding -> probabilities).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
-              default=None)
+              default=None, show_envvar=True,
+              help="Backbone cache, where the backbone's ONNX file is found (default ~/.cache/photolabel).")
 def export_command(model_dir: str, out: Path, head_only: bool, cache_dir: Path | None) -> None:
     """Write MODEL_DIR as one ONNX graph: uint8 RGB image (N x H x W x 3) -> probabilities (calibrated),
     and, for a model that answers unknown, a second output 'unknown' (bool per image)."""
@@ -630,7 +801,8 @@ def export_command(model_dir: str, out: Path, head_only: bool, cache_dir: Path |
 @click.option("--backbone", "names", multiple=True, default=(TRAIN_DEFAULTS.backbone,), show_default=True,
               help="Backbone(s) to prepare; repeat for several.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
-              default=None, show_envvar=True)
+              default=None, show_envvar=True,
+              help="Where the backbones are written (default ~/.cache/photolabel).")
 def prepare(names: Sequence[str], cache_dir: Path | None) -> None:
     """Export backbones to ONNX into the cache now (e.g. while building a container image)."""
     from photolabel.backbones import get_backbone
@@ -682,26 +854,31 @@ def heads(as_json: bool) -> None:
             click.echo(f"    --tune tries {tried}")
 
 
-@main.command()
+@main.command(cls=ClassesCommand)
 @click.option("-d", "--dataset", required=True,
               help="Folder or archive to start from, or a bare NAME for NAME.tar.gz here "
                    "(as the Golem image classifier service takes it).")
-@click.option("-c", "--classes", cls=GreedyOption, multiple=True,
-              help="Labels, in order (the Golem image classifier service's -c).")
+@click.option("-c", "--classes", multiple=True, metavar="LABEL...",
+              help="Labels, in order (the Golem image classifier service's -c a b c); -c a,b,c and "
+                   "-c a -c b work too.")
 @click.option("--json", "as_json", is_flag=True, help="Answer with one JSON object per line.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("photolabel-worker"),
               show_default=True, help="Where the worker keeps its models (content-addressed).")
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, envvar="RANDOM_SEED", show_envvar=True,
-              show_default=True)
-@click.option("--backbone", default=TRAIN_DEFAULTS.backbone, show_default=True)
-@click.option("--head", default=TRAIN_DEFAULTS.head, show_default=True)
+              show_default=True, help="Seeds the validation split and the head (0 to 4294967295).")
+@click.option("--backbone", default=TRAIN_DEFAULTS.backbone,
+              help=_choices_help("backbone", "Feature extractor (`photolabel backbones` lists them):"))
+@click.option("--head", default=TRAIN_DEFAULTS.head,
+              help=_choices_help("head", "Classifier fitted on the features (`photolabel heads` lists their "
+                                         "parameters):"))
 @click.option("--head-param", "head_param", multiple=True, metavar="NAME=VALUE",
               help="A hyperparameter of the head (repeatable); see `photolabel heads`.")
 @click.option("--augment", "augment", type=int, default=TRAIN_DEFAULTS.augment, show_default=True, metavar="K",
               help="Also train on K augmented views of each training image (0 to 16).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="CPU threads for decoding and the backbone (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PHOTOLABEL_CACHE_DIR",
-              default=None)
+              default=None, show_envvar=True, help="Embedding and backbone cache (default ~/.cache/photolabel).")
 @answer_options
 @balance_and_search_options
 def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, seed: int, backbone: str,
@@ -731,7 +908,12 @@ def worker(dataset: str, classes: Sequence[Any], as_json: bool, work_dir: Path, 
 @click.option("--no-auth", is_flag=True, default=False,
               help="Listen on a non-loopback --host without API_TOKEN: anyone who reaches the port may then train, "
                    "delete models and upload [default: NO_AUTH, else refuse].")
-def serve(host: str | None, port: int | None, data_dir: Path | None, no_auth: bool) -> None:
+@click.option("--models", "models_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Register the models trained with the CLI at start: DIR is a model directory "
+                                  "(train --out) or a folder of them. Each is checked by its hashes and copied to "
+                                  "DATA_DIR/models/<model_id>; one that fails is logged and skipped.")
+def serve(host: str | None, port: int | None, data_dir: Path | None, no_auth: bool,
+          models_dir: Path | None = None) -> None:
     """Run the HTTP service: the static-transfer-learning service's /train and /infer, the /v1 API, the web page at /,
     Swagger at /api/doc. Configured by environment variables (DATA_DIR, API_PORT, ...);
     these flags override them. With API_TOKEN (or API_TOKEN_FILE) set, training, deleting and every other
@@ -770,8 +952,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, no_auth: bo
     from photolabel.adapters.http.server import protocol_for
 
     # http: uvicorn's h11 protocol with HEADER_TIMEOUT_S and BODY_TIMEOUT_S for slow clients (see server.py)
-    serve_app(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
-              http=protocol_for(settings))
+    serve_app(create_app(settings, import_models=models_dir), host=settings.api_host, port=settings.api_port,
+              log_level="info", http=protocol_for(settings))
 
 
 def _setting_problem(error: Any) -> str:
