@@ -39,7 +39,7 @@ from photolabel.embedding import embed_records
 from photolabel.errors import DataError
 from photolabel.evaluation import classification_metrics
 from photolabel.fetch import FetchOptions
-from photolabel.finetune import TunedTail, finetune_rows, trunk_for
+from photolabel.finetune import TunedTail, finetune_rows, trunk_for, tune_tail
 from photolabel.hashing import sha256_bytes
 from photolabel.heads import get_head_class, make_head
 from photolabel.model import Model
@@ -380,8 +380,7 @@ def train(
             if variants[chosen_index]["finetune"] and not config.finetune:
                 # the fine-tuned variant won: tune the tail on every training row; all that follows sees it
                 assert activations is not None
-                tuned, vectors = finetune_rows(trunk_for(extractor), activations, train_rows, labels,  # type: ignore[arg-type]
-                                               config.seed)
+                tuned, vectors = finetune_rows(trunk_for(extractor), activations, train_rows, labels, config.seed)
                 extractor = tuned.backbone
                 model_id, manifest_hash = plan_model_id(good, labels, config, extractor.hash)
                 X_train = np.stack([vectors[r.sha256] for r in train_rows]).astype(np.float64)
@@ -507,8 +506,9 @@ def _fold_tuned_features(backbone: Any, activations: Mapping[str, np.ndarray], t
     train_activations = np.stack([activations[key] for key in keys])
 
     def features(held_out: int) -> np.ndarray:
-        fit = [r for r, f in zip(train_rows, fold.tolist()) if f != held_out]
-        tuned, _ = finetune_rows(trunk, {r.sha256: activations[r.sha256] for r in fit}, fit, labels, seed)
+        fit = fold != held_out
+        tuned = tune_tail(trunk, train_activations[fit], y_train[fit], len(labels),
+                          [key for key, keep in zip(keys, fit) if keep], seed)
         return tuned.backbone.embed_activations(train_activations).astype(np.float64)
 
     return features

@@ -18,16 +18,21 @@ from photolabel.limits import ArchiveLimits
 Members = list[tuple[str, bytes | None]]  # (name, data); data None means a folder
 
 
+def add_members(archive: tarfile.TarFile, members: Members) -> None:
+    """Add ``(name, bytes)`` members to ``archive``; ``None`` bytes make a folder entry."""
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        if data is None:
+            info.type = tarfile.DIRTYPE
+            archive.addfile(info)
+        else:
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
 def write_tar(path: Path, members: Members, mode: str = "w:gz") -> Path:
     with tarfile.open(path, mode) as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            else:
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
+        add_members(archive, members)
     return path
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_archives import add_members
 
 from photolabel import archives
 from photolabel.archives import extract_archive
@@ -329,15 +330,8 @@ def seed_tar(kind: str) -> bytes:
     buffer = io.BytesIO()
     long_dir = "d" * 60 + "/" + "e" * 60 if kind == "ustar" else "café-" + "x" * 120
     with tarfile.open(fileobj=buffer, mode="w", format=form) as archive:
-        for name, data in [("a/", None), ("a/1.jpg", b"one"), (f"{long_dir}/2.jpg", b"two" * 200),
-                           ("b/3.jpg", b"")]:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            else:
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
+        add_members(archive, [("a/", None), ("a/1.jpg", b"one"), (f"{long_dir}/2.jpg", b"two" * 200),
+                              ("b/3.jpg", b"")])
     return buffer.getvalue()
 
 

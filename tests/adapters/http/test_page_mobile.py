@@ -19,21 +19,14 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from support import running_uvicorn
+from browser import chromium, require_browser, service
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM}, which is missing", allow_module_level=True)
-try:
-    from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
-except ImportError:
-    pytest.skip("browser tests need the Python package 'playwright', which is not installed", allow_module_level=True)
+require_browser()
+from playwright.sync_api import Browser, Page, Route, expect  # noqa: E402
 
 LABELS = ("blouse", "halter", "sweater")
 # long labels: the selector's option text and the table's first column are at their widest
 LONG = {"blouse": "blouse-with-a-rather-long-label-name", "halter": "halter", "sweater": "sweater"}
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PHONE = {"width": 390, "height": 844}
 JOB_TIMEOUT_S = 90.0
 CODE_PREFIX = re.compile(r"\b[a-z]+(?:_[a-z]+)+:")  # like "not_an_image:"
@@ -41,15 +34,8 @@ CODE_PREFIX = re.compile(r"\b[a-z]+(?:_[a-z]+)+:")  # like "not_an_image:"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[str]:
-    from photolabel.adapters.http.app import create_app
-    from photolabel.adapters.http.settings import ServiceSettings
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATA_DIR", str(tmp_path_factory.mktemp("mobile_data")))
-        mp.setenv("PHOTOLABEL_CACHE_DIR", str(cache_dir))
-        mp.delenv("ALLOW_PRIVATE_URLS", raising=False)
-        with running_uvicorn(create_app(ServiceSettings())) as base_url:
-            yield base_url
+    with service(tmp_path_factory.mktemp("mobile_data"), cache_dir) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +60,8 @@ def model_id(server: str, small_data: Path) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

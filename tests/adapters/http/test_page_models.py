@@ -12,18 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import running_uvicorn
+from browser import chromium, require_browser, service
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM}, which is missing", allow_module_level=True)
-try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:
-    pytest.skip("browser tests need the Python package 'playwright', which is not installed", allow_module_level=True)
+require_browser()
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 UI_TIMEOUT_MS = 15_000
 LABELS = ("blouse", "halter", "sweater")
 
@@ -37,12 +30,7 @@ def model_archive(model_dir: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[str]:
-    from photolabel.adapters.http.app import create_app
-    from photolabel.adapters.http.settings import ServiceSettings
-
-    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("page_models"), photolabel_cache_dir=cache_dir,
-                               allow_private_urls=False, threads=2)
-    with running_uvicorn(create_app(settings)) as base_url:
+    with service(tmp_path_factory.mktemp("page_models"), cache_dir) as base_url:
         yield base_url
 
 
@@ -62,12 +50,8 @@ def model_id(api: httpx.Client, trained_model: Path) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

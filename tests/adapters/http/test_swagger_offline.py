@@ -13,30 +13,16 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from support import running_uvicorn
+from browser import chromium, require_browser, service
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM}, which is missing", allow_module_level=True)
-try:
-    from playwright.sync_api import Route, expect, sync_playwright
-except ImportError:
-    pytest.skip("browser tests need the Python package 'playwright', which is not installed", allow_module_level=True)
-
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+require_browser()
+from playwright.sync_api import Route, expect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[str]:
-    from photolabel.adapters.http.app import create_app
-    from photolabel.adapters.http.settings import ServiceSettings
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATA_DIR", str(tmp_path_factory.mktemp("swagger_data")))
-        mp.setenv("PHOTOLABEL_CACHE_DIR", str(cache_dir))
-        with running_uvicorn(create_app(ServiceSettings())) as base_url:
-            yield base_url
+    with service(tmp_path_factory.mktemp("swagger_data"), cache_dir) as base_url:
+        yield base_url
 
 
 def test_the_doc_page_names_no_other_host(server: str) -> None:
@@ -60,30 +46,26 @@ def test_swagger_renders_offline_in_chromium(server: str, tmp_path: Path) -> Non
             refused.append(route.request.url)
             route.abort("internetdisconnected")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(base_url=server, viewport={"width": 1200, "height": 900})
-            context.route("**/*", offline)
-            page = context.new_page()
-            page.set_default_timeout(20_000)
-            page.on("request", lambda request: requests.append(request.url))
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto("/api/doc")
+    with chromium() as browser:
+        context = browser.new_context(base_url=server, viewport={"width": 1200, "height": 900})
+        context.route("**/*", offline)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.on("request", lambda request: requests.append(request.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto("/api/doc")
 
-            train = page.locator(".opblock.opblock-post").filter(
-                has=page.locator(".opblock-summary-path", has_text=re.compile(r"^/v1/train$")))
-            expect(train).to_be_visible()
-            expect(page.locator(".opblock").first).to_be_visible()
-            assert page.locator(".opblock").count() >= 5
-            expect(page.locator(".info .title")).to_contain_text("photolabel")
-            expect(page.get_by_text("Unable to render this definition")).to_have_count(0)
-            page.screenshot(path=str(tmp_path / "swagger.png"), full_page=False)
-            print(f"screenshot: {tmp_path / 'swagger.png'}")
-            context.close()
-        finally:
-            browser.close()
+        train = page.locator(".opblock.opblock-post").filter(
+            has=page.locator(".opblock-summary-path", has_text=re.compile(r"^/v1/train$")))
+        expect(train).to_be_visible()
+        expect(page.locator(".opblock").first).to_be_visible()
+        assert page.locator(".opblock").count() >= 5
+        expect(page.locator(".info .title")).to_contain_text("photolabel")
+        expect(page.get_by_text("Unable to render this definition")).to_have_count(0)
+        page.screenshot(path=str(tmp_path / "swagger.png"), full_page=False)
+        print(f"screenshot: {tmp_path / 'swagger.png'}")
+        context.close()
 
     hosts = {urlparse(url).hostname for url in requests if urlparse(url).scheme not in ("data", "blob")}
     assert hosts == {"127.0.0.1"}, requests

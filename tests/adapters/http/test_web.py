@@ -19,20 +19,12 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from support import running_uvicorn
+from browser import chromium, require_browser, service
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM}, which is missing", allow_module_level=True)
-try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:
-    pytest.skip("browser tests need the Python package 'playwright', which is not installed", allow_module_level=True)
-
+require_browser()
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 LABELS = ("blouse", "halter", "sweater")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STATIC = Path(__file__).parents[3] / "src" / "photolabel" / "adapters" / "http" / "static"
 JOB_TIMEOUT_S = 60.0
 UI_TIMEOUT_MS = 15_000
@@ -62,17 +54,8 @@ def wait_for_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1 in a background thread; its base URL."""
-    from photolabel.adapters.http.app import create_app
-    from photolabel.adapters.http.settings import ServiceSettings
-
-    data_dir = tmp_path_factory.mktemp("web_data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATA_DIR", str(data_dir))
-        mp.setenv("PHOTOLABEL_CACHE_DIR", str(cache_dir))
-        mp.delenv("ALLOW_PRIVATE_URLS", raising=False)
-        settings = ServiceSettings()
-        with running_uvicorn(create_app(settings)) as base_url:
-            yield base_url
+    with service(tmp_path_factory.mktemp("web_data"), cache_dir) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +77,8 @@ def seeded_model(api: httpx.Client, small_data: Path) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 class PageLog:

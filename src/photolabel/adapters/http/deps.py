@@ -4,16 +4,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import numpy as np
 from fastapi import Depends, Request
 
 from photolabel import storage
 from photolabel.adapters.http.batching import PredictorCache
-from photolabel.adapters.http.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
+from photolabel.adapters.http.errors import (
+    InvalidRequestError,
+    ModelNotReadyError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from photolabel.adapters.http.jobs import JobRunner
 from photolabel.adapters.http.settings import ServiceSettings
 from photolabel.adapters.http.store import ModelRecord, Registry
@@ -128,3 +136,33 @@ def resolve_model(service: Service, key: str) -> ModelRecord:
         raise ModelNotReadyError(f"model {key} is not ready: its job is {job.status} "
                                  f"({job.stage}, {round(job.progress * 100)}%); ask again later")
     raise NotFoundError(f"no model {key!r} (or several share that prefix); GET /v1/models lists them")
+
+
+#: bytes per read when an upload is copied to disk
+COPY_CHUNK = 1 << 20
+
+
+def save_upload(source: IO[bytes], folder: Path, suffix: str, max_bytes: int) -> tuple[Path, str, int, bool]:
+    """Copy an upload into ``folder/<sha256><suffix>`` (atomically), refusing it past ``max_bytes`` (413); returns
+    (path, sha256, size, whether the file is new: no earlier upload had these bytes). Used for training data and
+    imported models alike."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            while chunk := source.read(COPY_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLargeError(
+                        f"the upload is over the limit of {max_bytes} bytes (MAX_TRAIN_UPLOAD_BYTES)")
+                digest.update(chunk)
+                out.write(chunk)
+        target = folder / f"{digest.hexdigest()}{suffix}"
+        fresh = not target.exists()
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return target, digest.hexdigest(), size, fresh

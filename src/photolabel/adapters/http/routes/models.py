@@ -22,8 +22,8 @@ from fastapi import APIRouter, File, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from photolabel.adapters.http.deps import Service, ServiceDep, resolve_model
-from photolabel.adapters.http.errors import InvalidRequestError, PayloadTooLargeError
+from photolabel.adapters.http.deps import COPY_CHUNK, Service, ServiceDep, resolve_model, save_upload
+from photolabel.adapters.http.errors import InvalidRequestError
 from photolabel.adapters.http.job_kinds import MODELS_DIR_NAME, publish_model_dir, staging_dir_for
 from photolabel.adapters.http.schemas import ModelDetails, ModelKey, ModelList, error_responses
 from photolabel.adapters.http.store import ModelRecord, Registry, utc_now
@@ -90,7 +90,6 @@ async def delete_model(key: ModelKey, service: ServiceDep) -> Response:
 # --- import and export ---------------------------------------------------------------------------------------
 
 MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
-_COPY_CHUNK = 1 << 20
 
 
 class NotAModelError(InvalidRequestError):
@@ -175,15 +174,7 @@ def _import_archive(service: Service, source: IO[bytes], filename: str) -> tuple
     # beside the models (one file system: the model is moved into place, not copied), named for the sweep
     work = Path(tempfile.mkdtemp(dir=models, prefix=f".job-{process_tag()}-import-"))
     try:
-        upload = work / f"upload{suffix}"
-        size = 0
-        with open(upload, "wb") as out:
-            while chunk := source.read(_COPY_CHUNK):
-                size += len(chunk)
-                if size > settings.max_train_upload_bytes:
-                    raise PayloadTooLargeError(f"the archive is over the limit of {settings.max_train_upload_bytes} "
-                                               "bytes (MAX_TRAIN_UPLOAD_BYTES)")
-                out.write(chunk)
+        upload, _, size, _ = save_upload(source, work, suffix, settings.max_train_upload_bytes)
         if size == 0:
             raise InvalidRequestError(f"archive: {filename} is empty", code="bad_upload")
         limits: ArchiveLimits = settings.archive_limits()
@@ -266,7 +257,7 @@ def _export(record: ModelRecord) -> IO[bytes]:
 
 def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
     try:
-        while chunk := handle.read(_COPY_CHUNK):
+        while chunk := handle.read(COPY_CHUNK):
             yield chunk
     finally:
         handle.close()

@@ -13,23 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from photolabel.adapters.http.deps import Service, ServiceDep
+from photolabel.adapters.http.deps import Service, ServiceDep, save_upload
 from photolabel.adapters.http.errors import (
     BadCsvError,
     BadIdempotencyKeyError,
     IdempotencyKeyReusedError,
     InvalidRequestError,
     NotFoundError,
-    PayloadTooLargeError,
 )
 from photolabel.adapters.http.job_kinds import TRAIN_KIND, TrainSpec
 from photolabel.adapters.http.schemas import JobCreated, JobId, JobList, JobView, error_responses
@@ -46,7 +43,6 @@ logger = logging.getLogger("photolabel.http")
 
 router = APIRouter(prefix="/v1", tags=["training"])
 
-_COPY_CHUNK = 1 << 20
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 TRAIN_SCOPE = "POST /v1/train"
 
@@ -130,30 +126,6 @@ def upload_job_id(upload_sha256: str, spec: TrainSpec) -> str:
     """``/v1/train``'s job id: sha1 over the upload's sha256 and every parameter that changes the model."""
     params = {"upload_sha256": upload_sha256, "config": spec.config, "skip_bad": spec.skip_bad}
     return hashlib.sha1(canonical_json(params)).hexdigest()
-
-
-def _save_upload(source: IO[bytes], folder: Path, suffix: str, max_bytes: int) -> tuple[Path, str, int, bool]:
-    """Copy an upload into ``folder/<sha256><suffix>`` (atomically); returns (path, sha256, size, whether the
-    file is new: no earlier upload had these bytes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            while chunk := source.read(_COPY_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PayloadTooLargeError(f"the upload is over the limit of {max_bytes} bytes")
-                digest.update(chunk)
-                out.write(chunk)
-        target = folder / f"{digest.hexdigest()}{suffix}"
-        fresh = not target.exists()
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return target, digest.hexdigest(), size, fresh
 
 
 def _upload_suffix(filename: str) -> str:
@@ -267,7 +239,7 @@ async def train_upload(
                            valid_fraction=valid_fraction, classes=classes, augment=augment, finetune=finetune,
                            calibrate=calibrate, unknown=unknown, max_per_label=max_per_label, balance=balance,
                            tune=tune, preset=preset)
-    path, sha256, size, fresh = await run_in_threadpool(_save_upload, data.file, service.uploads, suffix,
+    path, sha256, size, fresh = await run_in_threadpool(save_upload, data.file, service.uploads, suffix,
                                                         settings.max_train_upload_bytes)
     # the request's canonical form: what was uploaded (its bytes, as what kind of file) and the form fields
     idempotency = idempotency_key(idempotency_key_header, TRAIN_SCOPE, {
